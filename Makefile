@@ -1,0 +1,58 @@
+# Outlier Book. Two commands matter (see README.md):
+#   make book   install everything into .venv, execute every chapter (quick profile), build the HTML
+#   make test   unit tests, execute every chapter (quick), nbval re-run, build the HTML
+PYTHON  ?= python3
+PROFILE ?= quick
+VENV    := .venv
+BIN     := $(VENV)/bin
+PY      := $(BIN)/python
+
+# Reproducible numbers: fixed threads and hashing, offline Hugging Face (unless OUTLIERBOOK_ONLINE=1).
+export OMP_NUM_THREADS ?= 2
+export MKL_NUM_THREADS ?= 2
+export PYTHONHASHSEED := 0
+export TOKENIZERS_PARALLELISM := false
+ifneq ($(OUTLIERBOOK_ONLINE),1)
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+endif
+
+.PHONY: install book test unit prepare execute check nbval html clean full
+
+$(BIN)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+install: $(BIN)/.installed
+
+prepare: install
+	$(PY) -m outlierbook prepare --profile $(PROFILE)
+
+execute: install
+	$(PY) -m outlierbook run all --profile $(PROFILE)
+
+check: install
+	$(PY) -m outlierbook check --profile $(PROFILE)
+
+html: install
+	$(PY) -m outlierbook book --profile $(PROFILE)
+	@echo "The book is at _build/html/index.html"
+
+book: execute html
+
+unit: install
+	$(PY) -m pytest tests -q -m "not slow"; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit $$rc
+	$(PY) -m pytest tests -q -m slow; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit $$rc
+
+nbval: install
+	OUTLIERBOOK_TEST=1 $(PY) -m outlierbook validate
+
+test: export OUTLIERBOOK_TEST := 1
+test: unit execute check nbval html
+
+full:
+	$(MAKE) book PROFILE=full
+
+clean:
+	rm -rf _build notebooks/*.ipynb

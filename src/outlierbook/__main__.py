@@ -1,0 +1,133 @@
+"""The book's command line: ``python -m outlierbook <command>``.
+
+  list                          the chapters, in dependency order
+  prepare --profile P           shared setup done once: the fine-tuned heads chapters reuse
+  run IDS|all --profile P [--set k=v ...]
+                                execute chapters with papermill (dependency order), stamp them
+  check --profile P             refuse stale, errored or wrong-profile executed notebooks
+  validate                      nbval re-runs the executed notebooks and compares checked cells
+  book --profile P              check, then build the HTML book (jupyter-book, warnings fatal)
+
+Every user error prints one line naming the problem and the fix, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import OutlierBookError
+
+
+def _prepare(profile: str, chapter_ids: list[str]) -> None:
+    from .nbsetup import set_environment, seed_everything, quiet_libraries
+
+    set_environment()
+    seed_everything(0)
+    quiet_libraries()
+    from .models.tasks import budget, get_finetuned, finetune_info
+    from .registry import in_dependency_order
+
+    tasks = sorted({t for c in in_dependency_order(chapter_ids) for t in c.needs})
+    for task in tasks:
+        cfg = budget(task, profile)
+        cached = (cfg.path() / "model.safetensors").is_file()
+        print(f"[prepare] {task}: {'cached' if cached else 'fine-tuning'} ({cfg.steps} steps) -> {cfg.path()}", flush=True)
+        get_finetuned(cfg)
+        print(f"[prepare] {task}: dev {finetune_info(cfg).get('dev')}", flush=True)
+
+
+def _sanitize_file():
+    from .paths import repo_root
+
+    return repo_root() / "tests" / "nbval_sanitize.cfg"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m outlierbook", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list")
+    p = sub.add_parser("prepare")
+    p.add_argument("--profile", default="quick")
+    p.add_argument("chapters", nargs="*", default=["all"])
+    p = sub.add_parser("run")
+    p.add_argument("chapters", nargs="+")
+    p.add_argument("--profile", default="quick")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--log-output", action="store_true", help="stream cell output to the terminal")
+    p = sub.add_parser("check")
+    p.add_argument("--profile", default="quick")
+    p = sub.add_parser("validate")
+    p.add_argument("pytest_args", nargs="*")
+    p = sub.add_parser("book")
+    p.add_argument("--profile", default="quick")
+    args = parser.parse_args(argv)
+
+    try:
+        from . import registry, runner
+
+        if args.command == "list":
+            for c in registry.in_dependency_order():
+                deps = f" (after {', '.join(c.depends_on)})" if c.depends_on else ""
+                print(f"{c.id:32s} {c.title}{deps}")
+            return 0
+        if args.command == "prepare":
+            registry.check_profile(args.profile)
+            _prepare(args.profile, args.chapters)
+            return 0
+        if args.command == "run":
+            registry.check_profile(args.profile)
+            overrides = runner.parse_overrides(args.overrides)
+            chapters = registry.in_dependency_order(args.chapters)
+            if overrides and len(chapters) > 1:
+                raise OutlierBookError("--set applies to one chapter; name a single chapter with its parameters")
+            for chapter in chapters:  # validate every chapter's parameters before running any
+                runner.parameters_for(chapter, args.profile, overrides)
+            _prepare(args.profile, [c.id for c in chapters])
+            for chapter in chapters:
+                print(f"[run] {chapter.id} ({args.profile})", flush=True)
+                out = runner.run_chapter(chapter, args.profile, overrides, log_output=args.log_output)
+                print(f"[run] {chapter.id}: wrote {out.relative_to(out.parents[1])}", flush=True)
+            return 0
+        if args.command == "check":
+            found = runner.problems(args.profile)
+            for line in found:
+                print(f"[check] {line}", file=sys.stderr)
+            if found:
+                print(f"error: {len(found)} chapter(s) cannot be rendered; re-run them with "
+                      f"python -m outlierbook run all --profile {args.profile}", file=sys.stderr)
+                return 1
+            print(f"[check] all {len(registry.CHAPTERS)} chapters executed with profile {args.profile} and fresh")
+            return 0
+        if args.command == "validate":
+            from .paths import notebooks_dir
+
+            notebooks = [str(c.executed) for c in registry.in_dependency_order()]
+            missing = [n for n in notebooks if not os.path.isfile(n)]
+            if missing:
+                raise OutlierBookError(f"not executed yet: {', '.join(missing)}; run: python -m outlierbook run all")
+            cmd = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider",
+                   "--nbval-sanitize-with", str(_sanitize_file()), "--rootdir", str(notebooks_dir()),
+                   "-o", "addopts=", *notebooks, *args.pytest_args]
+            return subprocess.call(cmd, env={**os.environ, "OUTLIERBOOK_EXECUTING": "1"})
+        if args.command == "book":
+            found = runner.problems(args.profile)
+            if found:
+                raise OutlierBookError("cannot build the book: " + "; ".join(found))
+            from .paths import repo_root
+
+            jb = Path(sys.executable).with_name("jupyter-book")
+            return subprocess.call([str(jb) if jb.exists() else "jupyter-book", "build", str(repo_root()),
+                                    "-W", "-n", "--keep-going"])
+    except OutlierBookError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

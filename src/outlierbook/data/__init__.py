@@ -1,0 +1,1 @@
+"""Data loaders: GLUE tasks (shared files or the hub) and language-model text."""

@@ -1,0 +1,83 @@
+"""The chapter registry: the single source of truth for what the book contains.
+
+Each chapter is a jupytext percent file ``notebooks/<id>.py``. ``profiles`` holds the parameters
+the runner injects for each profile (on top of the notebook's own defaults); ``needs`` lists the
+shared setup the chapter reuses (fine-tuned classification heads), prepared once per run.
+A test checks ``_toc.yml`` against this list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+from .paths import notebooks_dir
+
+PROFILES = ("quick", "full")
+
+
+@dataclass(frozen=True)
+class Chapter:
+    id: str
+    title: str
+    depends_on: tuple[str, ...] = ()
+    profiles: dict = field(default_factory=lambda: {"quick": {}, "full": {}})
+    needs: tuple[str, ...] = ()  # GLUE tasks whose fine-tuned head the chapter loads
+    timeout: int = 1800  # per cell, seconds
+
+    @property
+    def source(self) -> Path:
+        return notebooks_dir() / f"{self.id}.py"
+
+    @property
+    def executed(self) -> Path:
+        return notebooks_dir() / f"{self.id}.ipynb"
+
+
+CHAPTERS: tuple[Chapter, ...] = (
+    Chapter(
+        id="00_how_to_run",
+        title="How to read and run this book",
+        needs=("sst2",),
+    ),
+)
+
+
+def chapter_ids() -> list[str]:
+    return [c.id for c in CHAPTERS]
+
+
+def get(chapter_id: str) -> Chapter:
+    for c in CHAPTERS:
+        if c.id == chapter_id:
+            return c
+    raise ConfigError(f"unknown chapter {chapter_id!r}; known chapters: {', '.join(chapter_ids())}")
+
+
+def check_profile(profile: str) -> str:
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; use one of: {', '.join(PROFILES)}")
+    return profile
+
+
+def in_dependency_order(ids: list[str] | None = None) -> list[Chapter]:
+    """Chapters (all, or the named ones plus their dependencies) with every dependency first."""
+    wanted = chapter_ids() if not ids or ids == ["all"] else ids
+    order: list[Chapter] = []
+    seen: set[str] = set()
+
+    def visit(cid: str, stack: tuple[str, ...]) -> None:
+        if cid in stack:
+            raise ConfigError(f"dependency cycle among chapters: {' -> '.join(stack + (cid,))}")
+        if cid in seen:
+            return
+        chapter = get(cid)
+        for dep in chapter.depends_on:
+            visit(dep, stack + (cid,))
+        seen.add(cid)
+        order.append(chapter)
+
+    for cid in wanted:
+        visit(cid, ())
+    return order

@@ -1,0 +1,66 @@
+"""The book's ground rules: layout, pins, and the registry as the single source of truth."""
+
+import re
+
+import yaml
+
+from outlierbook import registry
+from outlierbook.paths import repo_root
+
+ROOT = repo_root()
+
+
+def toc_files(node) -> list[str]:
+    out = []
+    if isinstance(node, dict):
+        if "file" in node:
+            out.append(node["file"])
+        for value in node.values():
+            out += toc_files(value)
+    elif isinstance(node, list):
+        for item in node:
+            out += toc_files(item)
+    return out
+
+
+def test_jupyter_book_1_layout():
+    assert (ROOT / "_config.yml").is_file() and (ROOT / "_toc.yml").is_file()
+    assert not (ROOT / "myst.yml").exists(), "myst.yml is Jupyter Book 2; this book is JB 1.x"
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert config["execute"]["execute_notebooks"] == "off"
+
+
+def test_toc_lists_exactly_the_registered_chapters_in_order():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    chapters = [f.split("/", 1)[1] for f in toc_files(toc) if f.startswith("notebooks/")]
+    assert chapters == [c.id for c in registry.CHAPTERS]
+    for f in toc_files(toc) + [toc["root"]]:
+        if not f.startswith("notebooks/"):
+            assert (ROOT / f"{f}.md").is_file(), f
+
+
+def test_every_chapter_has_source_parameters_and_checked_cell():
+    for chapter in registry.CHAPTERS:
+        text = chapter.source.read_text()
+        assert 'tags=["parameters"]' in text, chapter.id
+        assert "nbval-check-output" in text, chapter.id
+        assert "kernelspec" in text, chapter.id
+        for dep in chapter.depends_on:
+            assert [c.id for c in registry.CHAPTERS].index(dep) < registry.CHAPTERS.index(chapter)
+        assert set(chapter.profiles) <= set(registry.PROFILES)
+
+
+def test_requirements_are_exact_pins():
+    lines = [l.strip() for l in (ROOT / "requirements.txt").read_text().splitlines()
+             if l.strip() and not l.startswith("#")]
+    assert "torch==2.13.0" in lines
+    assert any(re.fullmatch(r"jupyter-book==1\.\d+\.\d+(\.post\d+)?", l) for l in lines)
+    for line in lines:
+        assert line == "-e ." or "==" in line, f"not an exact pin: {line}"
+
+
+def test_readme_names_two_commands_and_ci_runs_the_test_one():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make book" in readme and "make test" in readme
+    assert "make test" in ci

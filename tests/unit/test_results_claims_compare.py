@@ -1,0 +1,87 @@
+import json
+
+import pandas as pd
+import pytest
+
+from outlierbook import claims, compare, results
+from outlierbook.errors import ConfigError, OutlierBookError
+
+
+def test_rounding_is_recursive_and_stable():
+    value = {"b": 1.234567, "a": [0.000049, 2], "c": {"z": float("nan")}}
+    assert results.dumps(value) == '{"a": [0.0, 2], "b": 1.2346, "c": {"z": "nan"}}'
+
+
+def test_recorder_writes_and_loads(tmp_path):
+    rec = results.Recorder("demo", "quick", params={"x": 1}, root=tmp_path)
+    rec.update({"acc": 91.234567, "n": 3})
+    rec.add_rows([{"setting": "W8A8", "metric": "acc", "value": 90.1}])
+    out = rec.save()
+    assert json.loads((out / "metrics.json").read_text()) == {"acc": 91.2346, "n": 3}
+    run = json.loads((out / "run.json").read_text())
+    assert run["params"] == {"x": 1} and run["profile"] == "quick" and "torch" in run["versions"]
+    loaded = results.load("demo", "full", fallback="quick", root=tmp_path)
+    assert loaded["profile"] == "quick" and loaded["table"]["value"].tolist() == [90.1]
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "metrics.json"
+    results.atomic_write_text(target, "old")
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(results.os, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        results.atomic_write_text(target, "new")
+    assert target.read_text() == "old"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_missing_results_and_profiles_are_clear(tmp_path):
+    with pytest.raises(OutlierBookError, match="run it first"):
+        results.load("nothing", "quick", root=tmp_path)
+    with pytest.raises(ConfigError, match="unknown profile"):
+        results.Recorder("x", "medium", root=tmp_path)
+
+
+def test_ledger_has_every_claim_id():
+    ids = set(claims.ledger())
+    expected = {f"OS-{i}" for i in range(1, 11)} | {f"PEG-{i}" for i in range(1, 8)} | \
+               {f"QT-{i}" for i in range(1, 8)} | {f"NAQ-{i}" for i in range(1, 5)}
+    assert ids == expected
+    assert "1e-4" in claims.get("OS-4").rule
+
+
+def test_claim_check_records_failures_without_raising(tmp_path, capsys):
+    rec = results.Recorder("demo", "quick", root=tmp_path)
+    record = claims.check(rec, "OS-4", ours=3e-3, paper="exact", holds=lambda d: d <= 1e-4, note="toy")
+    assert record["holds"] is False
+    assert "[OS-4] DOES NOT HOLD" in capsys.readouterr().out
+    claims.check(rec, "OS-9", ours=None, paper=135.7, holds=None, note="no timing here")
+    saved = json.loads((rec.dir / "claims.json").read_text())
+    assert [c["id"] for c in saved] == ["OS-4", "OS-9"] and saved[1]["holds"] is None
+    with pytest.raises(ConfigError, match="unknown claim id"):
+        claims.check(rec, "XX-1", 1, 1, True)
+
+
+def test_compare_verdicts():
+    paper = pd.DataFrame({"table": ["T1"] * 3, "setting": ["a", "b", "c"], "metric": ["m"] * 3, "value": [90.0, 80.0, 70.0]})
+    ours = pd.DataFrame({"setting": ["a", "b", "d"], "metric": ["m"] * 3, "value": [90.5, 75.0, 1.0]})
+    df = compare.compare(paper, ours, tol=1.0).set_index("setting")
+    assert df.loc["a", "verdict"] == "within ±1" and df.loc["b", "verdict"] == "worse by > 1"
+    assert df.loc["c", "verdict"] == "paper only" and df.loc["d", "verdict"] == "ours only"
+    assert df.loc["b", "Δ"] == pytest.approx(-5.0)
+    quick = compare.compare(paper, ours, tol=1.0, profile="quick").set_index("setting")
+    assert quick.loc["a", "verdict"] == "not comparable (quick)"
+    assert "90.50" in compare.as_text(df.reset_index())
+
+
+def test_transcribed_paper_files_are_well_formed():
+    for paper in ("model_cards", "understanding"):
+        df = compare.load_paper(paper)
+        assert not df.empty and df["value"].notna().all()
+    assert compare.load_paper("understanding", "Table 1").shape[0] == 36
+    with pytest.raises(ConfigError):
+        compare.load_paper("unknown")
