@@ -135,6 +135,8 @@ def _read_local(spec: TaskSpec, split: str, root: Path) -> TaskData:
 def _read_hub(spec: TaskSpec, split: str) -> TaskData:  # pragma: no cover - needs network
     import datasets
 
+    if split == "test":
+        raise UnknownTaskError(f"GLUE's {spec.name} test split on the hub is unlabelled; use split='dev' with source='hub'")
     hub_split = {"train": "train", "dev": "validation", "test": "test"}[split]
     ds = datasets.load_dataset("glue", spec.name, split=hub_split)
     cols = {"sst2": ("sentence", None), "stsb": ("sentence1", "sentence2"),
