@@ -1,0 +1,1 @@
+"""Simulated (fake) quantization: the quantizer, range estimators, named nodes in a transformer."""

@@ -1,0 +1,247 @@
+r"""Range estimators: observe tensors, then propose a range $[x_{\min}, x_{\max}]$ per row.
+
+One interface (``update(rows)``, ``compute() -> (min, max)``, ``reset()``), where ``rows`` is the
+``[G, N]`` view of a tensor (see :mod:`outlierbook.quant.granularity`). The estimator never
+quantizes anything itself; the fake quantizer does (the observer / fake-quantize split of
+``torch.ao.quantization``).
+
+- ``CurrentMinMax``: min and max of the last batch (Bondarenko et al.'s PTQ default).
+- ``RunningMinMax(momentum=0.9)``: $m_t = \mu\,m_{t-1} + (1-\mu)\,\hat m_t$ (Qualcomm's EMA).
+- ``AllMinMax``: min and max over every batch.
+- ``AvgMinMax``: per-batch min and max averaged over batches (Outlier Suppression's "MinMax").
+- ``Percentile(p)``: per-batch $(100-p)$-th and $p$-th percentiles, averaged over batches.
+- ``MSE(grid)`` and ``GoldenSectionMSE(grid)`` (OMSE): choose $\alpha\in(0,1]$ minimising
+  $\mathbb E[(\hat x_\alpha - x)^2]$ for the range $[\alpha\,x_{\min}, \alpha\,x_{\max}]$, by a grid of 100
+  candidates or by golden-section search, on a fixed-size random sample of the observed values
+  (plus the extremes). Both codebases search the range differently (Qualcomm: a 1-D or 2-D grid on
+  the last batch or accumulated losses; OS: scipy's bounded search averaged over batches); we search
+  one shrink factor on pooled samples, which treats every batch alike and is deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import ConfigError, OutlierBookError
+from .quantizer import Grid, fake_quantize, qparams
+
+
+class RangeEstimator:
+    name = "base"
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.n_updates = 0
+
+    def update(self, rows: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _require_data(self) -> None:
+        if self.n_updates == 0:
+            raise OutlierBookError(f"the {self.name} range estimator saw no data; calibrate with at least one batch")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def _minmax(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    lo, hi = torch.aminmax(rows.detach().float(), dim=1)
+    return lo, hi
+
+
+class CurrentMinMax(RangeEstimator):
+    name = "current_minmax"
+
+    def reset(self):
+        super().reset()
+        self.lo = self.hi = None
+
+    def update(self, rows):
+        self.lo, self.hi = _minmax(rows)
+        self.n_updates += 1
+
+    def compute(self):
+        self._require_data()
+        return self.lo, self.hi
+
+
+class AllMinMax(CurrentMinMax):
+    name = "all_minmax"
+
+    def update(self, rows):
+        lo, hi = _minmax(rows)
+        self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
+        self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
+        self.n_updates += 1
+
+
+class RunningMinMax(CurrentMinMax):
+    name = "running_minmax"
+
+    def __init__(self, momentum: float = 0.9):
+        if not 0.0 <= momentum < 1.0:
+            raise ConfigError(f"momentum must be in [0, 1), got {momentum}")
+        self.momentum = momentum
+        super().__init__()
+
+    def update(self, rows):
+        lo, hi = _minmax(rows)
+        if self.lo is None:
+            self.lo, self.hi = lo, hi
+        else:
+            m = self.momentum
+            self.lo, self.hi = m * self.lo + (1 - m) * lo, m * self.hi + (1 - m) * hi
+        self.n_updates += 1
+
+    def __repr__(self):
+        return f"RunningMinMax(momentum={self.momentum})"
+
+
+class AvgMinMax(CurrentMinMax):
+    name = "avg_minmax"
+
+    def update(self, rows):
+        lo, hi = _minmax(rows)
+        n = self.n_updates
+        self.lo = lo if self.lo is None else (self.lo * n + lo) / (n + 1)
+        self.hi = hi if self.hi is None else (self.hi * n + hi) / (n + 1)
+        self.n_updates += 1
+
+
+def row_quantile(rows: torch.Tensor, q: float) -> torch.Tensor:
+    """Per-row quantile by ``kthvalue`` (``torch.quantile`` refuses large tensors); nearest rank."""
+    n = rows.shape[1]
+    k = min(max(int(math.ceil(q * n)), 1), n)
+    return torch.kthvalue(rows.detach().float(), k, dim=1).values
+
+
+class Percentile(CurrentMinMax):
+    name = "percentile"
+
+    def __init__(self, p: float = 99.99):
+        if not 50.0 < p <= 100.0:
+            raise ConfigError(f"percentile must be in (50, 100], got {p}")
+        self.p = p
+        super().__init__()
+
+    def update(self, rows):
+        lo, hi = row_quantile(rows, 1 - self.p / 100), row_quantile(rows, self.p / 100)
+        n = self.n_updates
+        self.lo = lo if self.lo is None else (self.lo * n + lo) / (n + 1)
+        self.hi = hi if self.hi is None else (self.hi * n + hi) / (n + 1)
+        self.n_updates += 1
+
+    def __repr__(self):
+        return f"Percentile(p={self.p})"
+
+
+class _SampledMSE(RangeEstimator):
+    """Shared machinery: keep the extremes and a seeded random sample of values per row."""
+
+    def __init__(self, grid: Grid | None = None, max_samples: int = 2 ** 18, seed: int = 0):
+        self.grid = grid
+        self.max_samples = max_samples
+        self.seed = seed
+        super().__init__()
+
+    def bind(self, grid: Grid) -> "_SampledMSE":
+        self.grid = grid
+        return self
+
+    def reset(self):
+        super().reset()
+        self.lo = self.hi = None
+        self.samples: list[torch.Tensor] = []
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def update(self, rows):
+        rows = rows.detach().float()
+        lo, hi = _minmax(rows)
+        self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
+        self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
+        n = rows.shape[1]
+        if n > self.max_samples:
+            idx = torch.randint(0, n, (self.max_samples,), generator=self.generator)
+            rows = rows[:, idx]
+        self.samples.append(rows)
+        self.n_updates += 1
+
+    def _pool(self) -> torch.Tensor:
+        pooled = torch.cat(self.samples, dim=1)
+        if pooled.shape[1] > self.max_samples:
+            idx = torch.randint(0, pooled.shape[1], (self.max_samples,), generator=self.generator)
+            pooled = pooled[:, idx]
+        self.samples = [pooled]
+        return pooled
+
+    def loss(self, rows: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """Per-row MSE of quantizing ``rows`` with the range ``alpha * [lo, hi]``."""
+        if self.grid is None:
+            raise ConfigError("an MSE range estimator needs the quantization grid; it is bound by the quantizer")
+        scale, zero = qparams(alpha * self.lo, alpha * self.hi, self.grid)
+        q = fake_quantize(rows, scale[:, None], zero[:, None], self.grid.qmin, self.grid.qmax)
+        return ((q - rows) ** 2).mean(dim=1)
+
+
+class MSE(_SampledMSE):
+    name = "mse"
+
+    def __init__(self, grid: Grid | None = None, candidates: int = 100, **kw):
+        self.candidates = candidates
+        super().__init__(grid, **kw)
+
+    def compute(self):
+        self._require_data()
+        rows = self._pool()
+        alphas = torch.arange(1, self.candidates + 1, dtype=torch.float32) / self.candidates
+        losses = torch.stack([self.loss(rows, a.expand(rows.shape[0])) for a in alphas])  # [A, G]
+        best = alphas[losses.argmin(dim=0)]
+        return best * self.lo, best * self.hi
+
+
+class GoldenSectionMSE(_SampledMSE):
+    name = "omse"
+
+    def __init__(self, grid: Grid | None = None, lower: float = 0.01, iterations: int = 40, **kw):
+        self.lower, self.iterations = lower, iterations
+        super().__init__(grid, **kw)
+
+    def compute(self):
+        self._require_data()
+        rows = self._pool()
+        g = rows.shape[0]
+        invphi = (math.sqrt(5) - 1) / 2
+        a, b = torch.full((g,), self.lower), torch.ones(g)
+        c, d = b - invphi * (b - a), a + invphi * (b - a)
+        fc, fd = self.loss(rows, c), self.loss(rows, d)
+        for _ in range(self.iterations):
+            left = fc < fd  # minimum in [a, d]
+            b = torch.where(left, d, b)
+            a = torch.where(left, a, c)
+            new_c, new_d = b - invphi * (b - a), a + invphi * (b - a)
+            fnew = self.loss(rows, torch.where(left, new_c, new_d))
+            c, d = torch.where(left, new_c, d), torch.where(left, c, new_d)
+            fc, fd = torch.where(left, fnew, fd), torch.where(left, fc, fnew)
+        best = (a + b) / 2
+        return best * self.lo, best * self.hi
+
+
+ESTIMATORS = {cls.name: cls for cls in (CurrentMinMax, AllMinMax, RunningMinMax, AvgMinMax, Percentile, MSE,
+                                        GoldenSectionMSE)}
+
+
+def make_estimator(spec) -> RangeEstimator:
+    """An estimator from a name (``"running_minmax"``), a ``(name, kwargs)`` pair, or an instance."""
+    if isinstance(spec, RangeEstimator):
+        return spec
+    name, kwargs = (spec, {}) if isinstance(spec, str) else spec
+    if name not in ESTIMATORS:
+        raise ConfigError(f"unknown range estimator {name!r}; use one of: {', '.join(ESTIMATORS)}")
+    return ESTIMATORS[name](**kwargs)

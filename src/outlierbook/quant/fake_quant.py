@@ -1,0 +1,119 @@
+r"""The fake quantizer: a grid, a granularity and a range estimator, with observe / quantize toggles.
+
+``observe(x)`` feeds the estimator; ``fix()`` turns its range into scale and zero point;
+``forward(x)`` returns $\hat x$ when quantizing is on and $x$ otherwise. Ranges can be made
+learnable (``make_learnable``): LSQ learns the scale, LSQ+ also the zero point (rounded with a
+straight-through estimator), with LSQ's gradient scaling $g = 1/\sqrt{N\,q_{\max}}$ where $N$ is
+the number of elements sharing one scale.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, OutlierBookError
+from .estimators import RangeEstimator, make_estimator
+from .granularity import Granularity
+from .quantizer import Grid, fake_quantize, qparams, round_ste
+
+
+class NaNActivationError(OutlierBookError, ValueError):
+    pass
+
+
+def grad_scale(t: torch.Tensor, g: float) -> torch.Tensor:
+    """Identity in the forward pass; multiplies the gradient by ``g`` (LSQ)."""
+    return (t - t * g).detach() + t * g
+
+
+class FakeQuantizer(nn.Module):
+    def __init__(self, grid: Grid, estimator="current_minmax", granularity: Granularity | None = None, name: str = ""):
+        super().__init__()
+        self.grid = grid
+        self.granularity = granularity or Granularity()
+        self.name = name
+        self.estimator: RangeEstimator = make_estimator(estimator)
+        if hasattr(self.estimator, "bind"):
+            self.estimator.bind(grid)
+        self.observing = False
+        self.quantizing = False
+        self.learnable = False
+        self.lsq_grad_scaling = True
+        self.register_buffer("scale", None)
+        self.register_buffer("zero", None)
+
+    # --------------------------------------------------------------- observe / fix
+    def observe(self, x: torch.Tensor) -> None:
+        if torch.isnan(x).any():
+            raise NaNActivationError(
+                f"NaN values reached quantization node {self.name or '?'}; check the input data and the model "
+                "(a NaN in calibration data poisons every range)"
+            )
+        self.estimator.update(self.granularity.rows(x.detach()))
+
+    def fix(self) -> None:
+        """Compute scale and zero point from the estimator's range."""
+        try:
+            lo, hi = self.estimator.compute()
+        except OutlierBookError as exc:
+            raise OutlierBookError(f"node {self.name or '?'}: {exc}") from None
+        scale, zero = qparams(lo, hi, self.grid)
+        self.set_qparams(scale, zero)
+
+    def set_qparams(self, scale: torch.Tensor, zero: torch.Tensor) -> None:
+        if self.learnable:
+            with torch.no_grad():
+                self.scale_param.copy_(scale)
+                self.zero_param.copy_(zero)
+        else:
+            self.scale, self.zero = scale.detach().clone(), zero.detach().clone()
+
+    def set_range(self, lo, hi) -> None:
+        self.set_qparams(*qparams(torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32), self.grid))
+
+    @property
+    def calibrated(self) -> bool:
+        return self.learnable or self.scale is not None
+
+    def reset(self) -> None:
+        self.estimator.reset()
+
+    # --------------------------------------------------------------- learnable ranges
+    def make_learnable(self, zero_point: bool = True, grad_scaling: bool = True) -> None:
+        """LSQ (scale) / LSQ+ (scale and zero point) parameters initialised from the current range."""
+        if not self.calibrated:
+            raise OutlierBookError(f"node {self.name}: calibrate before making ranges learnable")
+        scale, zero = self.scale, self.zero
+        self.scale_param = nn.Parameter(scale.clone())
+        self.zero_param = nn.Parameter(zero.clone(), requires_grad=zero_point and not self.grid.symmetric)
+        self.learnable, self.lsq_grad_scaling = True, grad_scaling
+        self.scale = self.zero = None
+
+    def current_qparams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.learnable:
+            return self.scale, self.zero
+        scale, zero = self.scale_param, self.zero_param
+        if self.lsq_grad_scaling:
+            per_scale = x.numel() / max(scale.numel(), 1)
+            g = 1.0 / math.sqrt(per_scale * self.grid.qmax)
+            scale, zero = grad_scale(scale, g), grad_scale(zero, g)
+        scale = scale.abs().clamp(min=1e-8)
+        zero = torch.clamp(round_ste(zero), self.grid.qmin, self.grid.qmax)
+        return scale, zero
+
+    # --------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.quantizing:
+            return x
+        if not self.calibrated:
+            raise OutlierBookError(f"node {self.name or '?'} is set to quantize but has no range; calibrate first")
+        scale, zero = self.current_qparams(x)
+        g = self.granularity
+        return fake_quantize(x, g.expand(scale, x), g.expand(zero, x), self.grid.qmin, self.grid.qmax)
+
+    def extra_repr(self) -> str:
+        sym = "sym" if self.grid.symmetric else "asym"
+        return f"{self.name}: {self.grid.bits}-bit {sym} {self.granularity.kind}, {self.estimator!r}"

@@ -1,0 +1,85 @@
+r"""Quantization granularity: which elements share one scale and zero point.
+
+Every granularity is expressed as a view of the tensor as **rows** ``[G, N]``, one row per set of
+shared quantization parameters, so that every range estimator is written once for rows:
+
+- per-tensor: ``G = 1``;
+- per-channel along ``axis``: ``G = C`` (size of that axis);
+- per-group (PEG, Bondarenko et al. 2021, Eq. 5): ``G = K`` groups of ``C/K`` contiguous channels,
+  optionally after a **permutation** $\pi$ of the channels (``permutation[j]`` is the channel placed at
+  position ``j``), so that channel $\pi(j)$ belongs to group $\lfloor j K / C\rfloor$.
+
+``expand`` maps per-row parameters back to a tensor that broadcasts against ``x``.
+K = 1 is per-tensor and K = C without permutation is per-channel (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+
+
+@dataclass
+class Granularity:
+    axis: int | None = None
+    groups: int | None = None
+    permutation: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.groups is not None and self.axis is None:
+            raise ConfigError("per-group quantization needs an axis (e.g. axis=-1 for the hidden dimension)")
+        if self.groups is not None and self.groups < 1:
+            raise ConfigError(f"number of groups must be >= 1, got {self.groups}")
+
+    @property
+    def kind(self) -> str:
+        if self.axis is None:
+            return "per-tensor"
+        return "per-channel" if self.groups is None else f"per-group(K={self.groups}{'+P' if self.permutation is not None else ''})"
+
+    def _channels_first(self, x: torch.Tensor) -> torch.Tensor:
+        xc = x.movedim(self.axis, 0)
+        if self.permutation is not None:
+            if self.permutation.numel() != xc.shape[0]:
+                raise ConfigError(f"permutation has {self.permutation.numel()} entries for {xc.shape[0]} channels")
+            xc = xc[self.permutation]
+        return xc
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``[G, N]`` view of ``x`` (a copy where reordering is needed)."""
+        if self.axis is None:
+            return x.reshape(1, -1)
+        xc = self._channels_first(x)
+        channels = xc.shape[0]
+        if self.groups is None:
+            return xc.reshape(channels, -1)
+        if channels % self.groups:
+            raise ConfigError(f"{channels} channels cannot be split into {self.groups} equal groups")
+        return xc.reshape(self.groups, -1)
+
+    def n_rows(self, x: torch.Tensor) -> int:
+        if self.axis is None:
+            return 1
+        return self.groups if self.groups is not None else x.shape[self.axis]
+
+    def expand(self, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-row values -> a tensor broadcastable against ``x``."""
+        if self.axis is None:
+            return values.reshape(())
+        axis = self.axis % x.dim()
+        channels = x.shape[axis]
+        if self.groups is None:
+            per_channel = values
+        else:
+            in_order = values.repeat_interleave(channels // self.groups)
+            if self.permutation is None:
+                per_channel = in_order
+            else:
+                per_channel = torch.empty_like(in_order)
+                per_channel[self.permutation] = in_order
+        shape = [1] * x.dim()
+        shape[axis] = channels
+        return per_channel.reshape(shape)

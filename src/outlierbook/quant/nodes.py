@@ -1,0 +1,434 @@
+r"""Named quantization nodes in a Hugging Face BERT-family encoder, without copying its modeling file.
+
+Activation nodes are forward hooks (outputs) and forward pre-hooks (inputs) on the model's own
+modules; the attention scores and probabilities, which SDPA never materialises, are reached through
+an attention function registered with ``transformers.AttentionInterface`` (plus the matching
+additive mask through ``AttentionMaskInterface`` — without it a custom attention function
+silently receives **no** padding mask). Weights are quantized with ``torch.nn.utils.parametrize``,
+so quantization-aware training gets gradients through them.
+
+Node names read as words: ``embeddings.ln``, ``layer3.attention.probs``, ``layer5.ffn.residual``,
+``pooler.output``. The *kind* of a node is its name without the layer prefix. Two placements:
+
+=====================  ==========================================  =====  ==========
+kind                   tensor                                      OS/FT  2021 (letter)
+=====================  ==========================================  =====  ==========
+embeddings.sum         word + position + type embeddings (LN in)          ✓ e
+embeddings.ln          embedding LayerNorm output                   ✓     ✓
+attention.q/k/v        query / key / value projections              ✓     ✓
+attention.scores       $QK^\top$ before scaling and mask                  ✓ s
+attention.probs        softmax output                               ✓     ✓ p
+attention.context      heads merged (input of the output dense)     ✓     ✓ c
+attention.output       attention output dense                             ✓ g
+attention.residual     dense output + layer input (LN input)              ✓ u
+attention.ln           attention LayerNorm output ("MHA-LN")        ✓     ✓ x
+ffn.gelu               first FFN Linear after GELU                  ✓     ✓
+ffn.output             second FFN Linear output                           ✓ h
+ffn.residual           FFN output + FFN input (LN input)                  ✓ y
+ffn.ln                 FFN LayerNorm output ("FFN-LN")              ✓     ✓ z
+pooler.output          pooler (dense + tanh)                              ✓ P
+classifier.output      logits                                             ✓ C
+=====================  ==========================================  =====  ==========
+
+Weights: every Linear of the encoder, pooler and classifier, and the word / position / token-type
+embedding tables, symmetric, per output channel by default (per row for embedding tables).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..errors import ConfigError, OutlierBookError
+from .fake_quant import FakeQuantizer
+from .granularity import Granularity
+from .quantizer import Grid
+
+ATTENTION_NAME = "outlierbook_quant"
+
+KINDS = (
+    "embeddings.sum", "embeddings.ln",
+    "attention.q", "attention.k", "attention.v", "attention.scores", "attention.probs", "attention.context",
+    "attention.output", "attention.residual", "attention.ln",
+    "ffn.gelu", "ffn.output", "ffn.residual", "ffn.ln",
+    "pooler.output", "classifier.output",
+)
+PLACEMENTS = {
+    # FasterTransformer positions used by Outlier Suppression (notes §1.3).
+    "os": ("embeddings.ln", "attention.q", "attention.k", "attention.v", "attention.probs", "attention.context",
+           "attention.ln", "ffn.gelu", "ffn.ln"),
+    # Bondarenko et al. 2021: every Linear output, residual sum, LayerNorm output, softmax in and out (notes §2.3).
+    "bondarenko": KINDS,
+}
+LAYER_KINDS = tuple(k for k in KINDS if k.startswith(("attention.", "ffn.")))
+
+
+# ---------------------------------------------------------------------- node settings
+
+
+@dataclass
+class NodeSettings:
+    """How one node is quantized. ``bits=None`` (or ``"fp32"`` in a config dict) leaves it in FP32."""
+
+    bits: int | None = 8
+    symmetric: bool = False
+    estimator: object = "current_minmax"
+    axis: int | None = None
+    groups: int | None = None
+    scale_rule: str = "qualcomm"
+
+    def grid(self) -> Grid:
+        return Grid(self.bits, self.symmetric, self.scale_rule)
+
+
+def _apply(settings: NodeSettings, update: dict) -> NodeSettings:
+    if update == "fp32" or update is None:
+        update = {"bits": None}
+    elif isinstance(update, int) and not isinstance(update, bool):
+        update = {"bits": update}
+    if not isinstance(update, dict):
+        raise ConfigError(f"node setting {update!r} is not understood; use an int (bits), 'fp32', or a dict")
+    unknown = set(update) - set(NodeSettings.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"unknown node setting(s) {', '.join(sorted(unknown))}; "
+                          f"use: {', '.join(NodeSettings.__dataclass_fields__)}")
+    values = {**settings.__dict__, **{k: ("fp32" if v == "fp32" else v) for k, v in update.items()}}
+    if values["bits"] == "fp32":
+        values["bits"] = None
+    return NodeSettings(**values)
+
+
+# ---------------------------------------------------------------------- activation node
+
+
+class ActivationNode(nn.Module):
+    """One named activation quantizer (``quantizer is None`` when the node stays in FP32)."""
+
+    def __init__(self, name: str, kind: str, layer: int | None, settings: NodeSettings, owner: "QuantizedModel"):
+        super().__init__()
+        self.name, self.kind, self.layer = name, kind, layer
+        self.settings = settings
+        self._owner = [owner]  # a list: not registered as a submodule
+        self.quantizer = None if settings.bits is None else FakeQuantizer(
+            settings.grid(), settings.estimator, Granularity(settings.axis, settings.groups), name=name)
+        self.capture = None  # set to a list to record outputs (analysis)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The real (unpadded) tokens of ``x``: [B,T,d] -> [N,d]; [B,H,T,T] -> flat (both positions real)."""
+        mask = self._owner[0].token_mask
+        if mask is None:
+            return x
+        if x.dim() == 3 and x.shape[:2] == mask.shape:
+            return x[mask]
+        if x.dim() == 4 and x.shape[-1] == x.shape[-2] == mask.shape[1]:
+            pair = (mask[:, None, :, None] & mask[:, None, None, :]).expand_as(x)
+            if self.quantizer is not None and self.quantizer.granularity.axis is not None:
+                raise ConfigError(f"{self.name}: per-channel/group ranges are not supported on attention matrices")
+            return x[pair]
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.quantizer
+        if q is not None and q.observing:
+            q.observe(self.tokens(x))
+        out = x if q is None else q(x)
+        if self.capture is not None:
+            self.capture.append(out.detach())
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{self.name}: fp32" if self.quantizer is None else ""
+
+
+class WeightNode(nn.Module):
+    """A parametrization ``W -> Ŵ`` (identity when not quantizing)."""
+
+    def __init__(self, name: str, quantizer: FakeQuantizer | None):
+        super().__init__()
+        self.name = name
+        self.quantizer = quantizer
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight if self.quantizer is None else self.quantizer(weight)
+
+
+# ---------------------------------------------------------------------- attention function
+
+
+def quantized_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Eager attention with two named nodes: scores ($QK^\\top$, before scaling and mask) and probs.
+
+    ``module.outlierbook_nodes`` (set by :class:`QuantizedModel`) maps ``"scores"``/``"probs"`` to
+    nodes; ``module.outlierbook_softmax`` may replace the softmax (clipped softmax, later chapters).
+    """
+    nodes = getattr(module, "outlierbook_nodes", {})
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3))
+    if "scores" in nodes:
+        scores = nodes["scores"](scores)
+    scores = scores * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    softmax = getattr(module, "outlierbook_softmax", None) or (lambda s: torch.softmax(s, dim=-1))
+    probs = softmax(scores)
+    if "probs" in nodes:
+        probs = nodes["probs"](probs)
+    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+    out = torch.matmul(probs, value).transpose(1, 2).contiguous()
+    return out, probs
+
+
+def register_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(ATTENTION_NAME, quantized_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)
+
+
+# ---------------------------------------------------------------------- locating modules
+
+
+@dataclass
+class Parts:
+    """The modules of one BERT-family encoder that nodes attach to."""
+
+    base: nn.Module
+    embeddings: nn.Module
+    layers: list
+    pooler: nn.Module | None
+    classifier: nn.Module | None
+    weights: dict = field(default_factory=dict)  # weight node name -> module
+
+
+def find_parts(model: nn.Module) -> Parts:
+    base = getattr(model, "base_model", model)
+    emb = getattr(base, "embeddings", None)
+    enc = getattr(base, "encoder", None)
+    layers = list(getattr(enc, "layer", [])) if enc is not None else []
+    if emb is None or not layers or not hasattr(layers[0], "attention") or not hasattr(layers[0], "intermediate"):
+        raise ConfigError(f"{type(model).__name__} is not a BERT-family encoder (embeddings, encoder.layer[i].attention/"
+                          "intermediate/output); the quantized wrapper supports BERT, RoBERTa, MiniLM and relatives")
+    classifier = getattr(model, "classifier", None)
+    parts = Parts(base, emb, layers, getattr(base, "pooler", None), classifier)
+    prefix = {id(m): n for n, m in model.named_modules()}
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            parts.weights[prefix[id(module)]] = module
+    return parts
+
+
+# ---------------------------------------------------------------------- the wrapper
+
+
+class QuantizedModel(nn.Module):
+    """A BERT-family model with named activation and weight quantization nodes.
+
+    ``config`` maps selectors to settings, applied in order: ``"*"`` (every node), a kind
+    (``"ffn.residual"``), a layer (``"layer5"``), a node name (``"layer5.ffn.residual"``) or a glob
+    (``"layer[45].ffn.*"``); a setting is an int (bits), ``"fp32"``, or a dict of
+    :class:`NodeSettings` fields. Weight nodes are named ``weight:<module path>``; the selector
+    ``"weight:*"`` reaches all of them.
+    """
+
+    def __init__(self, model: nn.Module, placement: str = "bondarenko", act: NodeSettings | None = None,
+                 weight: NodeSettings | None = None, config: dict | None = None):
+        super().__init__()
+        if placement not in PLACEMENTS:
+            raise ConfigError(f"unknown placement {placement!r}; use one of: {', '.join(PLACEMENTS)}")
+        self.model = model
+        self.placement = placement
+        self.token_mask = None
+        self._hooks = []
+        self.parts = find_parts(model)
+        act = act or NodeSettings()
+        weight = weight or NodeSettings(bits=8, symmetric=True, estimator="current_minmax", axis=0)
+        names = self.candidate_names()
+        config = dict(config or {})
+        self._check_selectors(config, names)
+
+        self.act_nodes = nn.ModuleDict()
+        for name, (kind, layer) in names["act"].items():
+            if kind not in PLACEMENTS[placement]:
+                continue
+            settings = self._settings_for(name, kind, layer, act, config)
+            self.act_nodes[self._key(name)] = ActivationNode(name, kind, layer, settings, self)
+        self.weight_nodes = {}
+        for name in names["weight"]:
+            settings = self._settings_for(name, "weight", None, weight, config)
+            module = self.parts.weights[name[len("weight:"):]]
+            quantizer = None if settings.bits is None else FakeQuantizer(
+                settings.grid(), settings.estimator, Granularity(settings.axis, settings.groups), name=name)
+            node = WeightNode(name, quantizer)
+            parametrize.register_parametrization(module, "weight", node, unsafe=True)
+            self.weight_nodes[name] = node
+        self._attach_hooks()
+        register_attention()
+        self._previous_attn = model.config._attn_implementation
+        model.set_attn_implementation(ATTENTION_NAME)
+        self.train(model.training)  # nn.Module starts in training mode; follow the wrapped model instead
+        self.set_mode(weights=False, acts=False)
+
+    # ------------------------------------------------------------------ names and settings
+    @staticmethod
+    def _key(name: str) -> str:
+        return name.replace(".", "__")
+
+    def candidate_names(self) -> dict:
+        acts = {"embeddings.sum": ("embeddings.sum", None), "embeddings.ln": ("embeddings.ln", None)}
+        for i in range(len(self.parts.layers)):
+            for kind in LAYER_KINDS:
+                acts[f"layer{i}.{kind}"] = (kind, i)
+        if self.parts.pooler is not None:
+            acts["pooler.output"] = ("pooler.output", None)
+        if self.parts.classifier is not None:
+            acts["classifier.output"] = ("classifier.output", None)
+        weights = [f"weight:{n}" for n in self.parts.weights]
+        return {"act": acts, "weight": weights}
+
+    def _check_selectors(self, config: dict, names: dict) -> None:
+        valid_names = set(names["act"]) | set(names["weight"])
+        layers = {f"layer{i}" for i in range(len(self.parts.layers))}
+        for sel in config:
+            if sel in ("*", "weight:*") or sel in KINDS or sel in layers or sel in valid_names:
+                continue
+            if any(ch in sel for ch in "*?[") and any(fnmatch.fnmatchcase(n, sel) for n in valid_names):
+                continue
+            raise ConfigError(f"quantization config names {sel!r}, which is no node, kind or layer of this model; "
+                              f"kinds: {', '.join(KINDS)}; nodes look like 'layer0.ffn.residual' or 'weight:<module path>'")
+
+    @staticmethod
+    def _settings_for(name, kind, layer, default: NodeSettings, config: dict) -> NodeSettings:
+        settings = default
+        for sel, update in config.items():
+            is_weight = name.startswith("weight:")
+            hit = (
+                (sel == "*" and not is_weight) or (sel == "weight:*" and is_weight) or sel == kind or sel == name
+                or (layer is not None and sel == f"layer{layer}")
+                or (any(ch in sel for ch in "*?[") and sel not in ("*", "weight:*") and fnmatch.fnmatchcase(name, sel))
+            )
+            if hit:
+                settings = _apply(settings, update)
+        return settings
+
+    def node(self, name: str) -> ActivationNode:
+        key = self._key(name)
+        if key not in self.act_nodes:
+            raise ConfigError(f"no activation node {name!r} in this model (placement {self.placement}); "
+                              f"nodes: {', '.join(self.node_names()[:6])}, …")
+        return self.act_nodes[key]
+
+    def node_names(self, quantized_only: bool = False) -> list[str]:
+        return [n.name for n in self.act_nodes.values() if not quantized_only or n.quantizer is not None]
+
+    def activation_quantizers(self) -> list[FakeQuantizer]:
+        return [n.quantizer for n in self.act_nodes.values() if n.quantizer is not None]
+
+    def weight_quantizers(self) -> list[FakeQuantizer]:
+        return [n.quantizer for n in self.weight_nodes.values() if n.quantizer is not None]
+
+    # ------------------------------------------------------------------ hooks
+    def _maybe(self, name):
+        key = self._key(name)
+        return self.act_nodes[key] if key in self.act_nodes else None
+
+    def _out_hook(self, module, name):
+        node = self._maybe(name)
+        if node is not None:
+            self._hooks.append(module.register_forward_hook(lambda m, args, out: node(out)))
+
+    def _in_hook(self, module, name):
+        node = self._maybe(name)
+        if node is not None:
+            self._hooks.append(module.register_forward_pre_hook(lambda m, args: (node(args[0]),) + tuple(args[1:])))
+
+    def _attach_hooks(self) -> None:
+        emb = self.parts.embeddings
+        self._in_hook(emb.LayerNorm, "embeddings.sum")
+        self._out_hook(emb.LayerNorm, "embeddings.ln")
+        for i, layer in enumerate(self.parts.layers):
+            att, p = layer.attention, f"layer{i}."
+            self._out_hook(att.self.query, p + "attention.q")
+            self._out_hook(att.self.key, p + "attention.k")
+            self._out_hook(att.self.value, p + "attention.v")
+            att.self.outlierbook_nodes = {k: n for k in ("scores", "probs") if (n := self._maybe(p + f"attention.{k}"))}
+            self._in_hook(att.output.dense, p + "attention.context")
+            self._out_hook(att.output.dense, p + "attention.output")
+            self._in_hook(att.output.LayerNorm, p + "attention.residual")
+            self._out_hook(att.output.LayerNorm, p + "attention.ln")
+            self._out_hook(layer.intermediate, p + "ffn.gelu")
+            self._out_hook(layer.output.dense, p + "ffn.output")
+            self._in_hook(layer.output.LayerNorm, p + "ffn.residual")
+            self._out_hook(layer.output.LayerNorm, p + "ffn.ln")
+        if self.parts.pooler is not None:
+            self._out_hook(self.parts.pooler, "pooler.output")
+        if self.parts.classifier is not None:
+            self._out_hook(self.parts.classifier, "classifier.output")
+
+    def remove(self) -> nn.Module:
+        """Detach every hook and parametrization; returns the plain model (weights unchanged)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        for name in self.weight_nodes:
+            parametrize.remove_parametrizations(self.parts.weights[name[len("weight:"):]], "weight",
+                                                leave_parametrized=False)
+        for layer in self.parts.layers:
+            layer.attention.self.outlierbook_nodes = {}
+        self.model.set_attn_implementation(self._previous_attn)
+        return self.model
+
+    # ------------------------------------------------------------------ modes
+    def set_mode(self, weights: bool, acts: bool) -> "QuantizedModel":
+        """W+A (True, True), weights only (True, False), activations only (False, True), FP (False, False)."""
+        for q in self.weight_quantizers():
+            q.quantizing = weights
+        for q in self.activation_quantizers():
+            q.quantizing = acts
+        self.mode = (weights, acts)
+        return self
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def forward(self, **inputs):
+        mask = inputs.get("attention_mask")
+        self.token_mask = None if mask is None else mask.bool()
+        ctx = parametrize.cached() if not torch.is_grad_enabled() else contextlib.nullcontext()
+        try:
+            with ctx:
+                return self.model(**inputs)
+        finally:
+            self.token_mask = None
+
+    def summary(self) -> list[dict]:
+        rows = []
+        for n in self.act_nodes.values():
+            q = n.quantizer
+            rows.append({"node": n.name, "kind": n.kind, "layer": n.layer, "bits": None if q is None else q.grid.bits,
+                         "granularity": None if q is None else q.granularity.kind,
+                         "estimator": None if q is None else q.estimator.name})
+        return rows
+
+
+def quantize_model(model: nn.Module, placement: str = "bondarenko", weight_bits: int | None = 8,
+                   act_bits: int | None = 8, act_estimator="current_minmax", weight_estimator="current_minmax",
+                   weight_axis: int | None = 0, scale_rule: str = "qualcomm", config: dict | None = None) -> QuantizedModel:
+    """Wrap ``model`` with the placement's nodes: symmetric weights, asymmetric per-tensor activations."""
+    act = NodeSettings(bits=act_bits, symmetric=False, estimator=act_estimator, scale_rule=scale_rule)
+    weight = NodeSettings(bits=weight_bits, symmetric=True, estimator=weight_estimator, axis=weight_axis,
+                          scale_rule=scale_rule)
+    return QuantizedModel(model, placement, act, weight, config)
+
+
+def check_calibrated(qm: QuantizedModel) -> None:
+    missing = [q.name for q in qm.activation_quantizers() + qm.weight_quantizers() if not q.calibrated]
+    if missing:
+        raise OutlierBookError(f"{len(missing)} node(s) have no range yet (e.g. {missing[0]}); run calibrate() first")

@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+from outlierbook.errors import ConfigError, OutlierBookError
+from outlierbook.quant.estimators import (MSE, AllMinMax, AvgMinMax, CurrentMinMax, GoldenSectionMSE, Percentile,
+                                           RunningMinMax, make_estimator, row_quantile)
+from outlierbook.quant.fake_quant import FakeQuantizer, NaNActivationError
+from outlierbook.quant.quantizer import Grid, fake_quantize, qparams
+
+A = torch.tensor([[0.0, 1.0, -2.0, 4.0]])
+B = torch.tensor([[1.0, -1.0, 2.0, 0.0]])
+
+
+def test_minmax_family():
+    cur, allmm, run, avg = CurrentMinMax(), AllMinMax(), RunningMinMax(0.9), AvgMinMax()
+    for e in (cur, allmm, run, avg):
+        e.update(A)
+        e.update(B)
+    assert cur.compute() == (torch.tensor([-1.0]), torch.tensor([2.0]))
+    assert allmm.compute() == (torch.tensor([-2.0]), torch.tensor([4.0]))
+    lo, hi = run.compute()
+    assert lo.item() == pytest.approx(0.9 * -2 + 0.1 * -1) and hi.item() == pytest.approx(0.9 * 4 + 0.1 * 2)
+    lo, hi = avg.compute()
+    assert lo.item() == pytest.approx(-1.5) and hi.item() == pytest.approx(3.0)
+
+
+def test_percentile_clips_the_tail():
+    x = torch.cat([torch.linspace(-1, 1, 9999), torch.tensor([100.0])])[None]
+    e = Percentile(99.9)
+    e.update(x)
+    lo, hi = e.compute()
+    assert hi.item() < 1.01 and lo.item() > -1.01
+    assert row_quantile(torch.arange(1.0, 101.0)[None], 0.5).item() == 50.0
+
+
+@pytest.mark.parametrize("cls", [MSE, GoldenSectionMSE])
+def test_mse_estimators_clip_an_outlier_and_beat_minmax(cls):
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(20000, generator=g), torch.tensor([40.0])])[None]
+    grid = Grid(4, False)
+    e = cls(grid)
+    e.update(x)
+    lo, hi = e.compute()
+    assert hi.item() < 40.0
+
+    def err(l, h):
+        s, z = qparams(l, h, grid)
+        return ((fake_quantize(x, s, z, grid.qmin, grid.qmax) - x) ** 2).mean().item()
+
+    assert err(lo, hi) < err(x.min(), x.max())
+
+
+def test_golden_section_agrees_with_a_fine_grid():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 5000, generator=g) * torch.tensor([[1.0], [3.0], [0.5]])
+    grid = Grid(4, True)
+    grid_est, golden = MSE(grid, candidates=400), GoldenSectionMSE(grid)
+    for e in (grid_est, golden):
+        e.update(x)
+    (glo, ghi), (olo, ohi) = grid_est.compute(), golden.compute()
+    assert torch.allclose(ghi, ohi, rtol=0.05)
+
+
+def test_estimators_need_data_and_valid_names():
+    with pytest.raises(OutlierBookError, match="saw no data"):
+        CurrentMinMax().compute()
+    with pytest.raises(ConfigError, match="unknown range estimator"):
+        make_estimator("magic")
+    assert isinstance(make_estimator(("percentile", {"p": 99.0})), Percentile)
+
+
+def test_nan_activations_are_refused():
+    fq = FakeQuantizer(Grid(8), name="layer0.ffn.gelu")
+    with pytest.raises(NaNActivationError, match="layer0.ffn.gelu"):
+        fq.observe(torch.tensor([1.0, float("nan")]))
+
+
+def test_quantizer_toggles_and_uncalibrated_error():
+    fq = FakeQuantizer(Grid(4), name="n")
+    x = torch.linspace(-1, 1, 11)
+    assert torch.equal(fq(x), x)  # quantizing off: identity
+    fq.quantizing = True
+    with pytest.raises(OutlierBookError, match="calibrate"):
+        fq(x)
+    fq.observe(x)
+    fq.fix()
+    assert not torch.equal(fq(x), x)
+
+
+def test_learnable_ranges_get_gradients():
+    fq = FakeQuantizer(Grid(4), name="n")
+    x = torch.linspace(-1, 3, 101)
+    fq.observe(x)
+    fq.fix()
+    fq.make_learnable()
+    fq.quantizing = True
+    ((fq(x) - x) ** 2).sum().backward()
+    assert fq.scale_param.grad is not None and fq.scale_param.grad.abs().item() > 0
+    assert fq.zero_param.grad is not None
