@@ -146,15 +146,28 @@ class ActivationNode(nn.Module):
 
 
 class WeightNode(nn.Module):
-    """A parametrization ``W -> Ŵ`` (identity when not quantizing)."""
+    """A parametrization ``W -> Ŵ`` (identity when not quantizing).
+
+    Without gradients the quantized weight is memoised until the weight or its range changes, so a
+    simulated W8A8 forward does not re-quantize the 30k-row embedding table for every batch.
+    """
 
     def __init__(self, name: str, quantizer: FakeQuantizer | None):
         super().__init__()
         self.name = name
         self.quantizer = quantizer
+        self._memo = (None, None)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight if self.quantizer is None else self.quantizer(weight)
+        q = self.quantizer
+        if q is None or not q.quantizing:
+            return weight
+        if torch.is_grad_enabled() or q.learnable:
+            return q(weight)
+        key = (weight.data_ptr(), weight._version, id(q.scale), q.scale._version, id(q.zero), q.zero._version)
+        if self._memo[0] != key:
+            self._memo = (key, q(weight))
+        return self._memo[1]
 
 
 # ---------------------------------------------------------------------- attention function
