@@ -245,3 +245,56 @@ def finetune_info(cfg: FinetuneConfig) -> dict:
     """The cached run's metadata (loss curve, dev metric)."""
     f = cfg.path() / "finetune.json"
     return json.loads(f.read_text()) if f.is_file() else {}
+
+
+# ---------------------------------------------------------------- one object per task for the chapters
+
+
+@dataclass
+class TaskSetup:
+    """What a quantization chapter needs for one task: the FP model, its data and its metric.
+
+    STS-B is evaluated zero-shot on the bare encoder (Spearman ×100); SST-2, MRPC and RTE use the
+    cached fine-tuned classification head (accuracy; F1 also recorded for MRPC). ``calibration``
+    holds training-split examples only.
+    """
+
+    task: str
+    model: torch.nn.Module
+    tokenizer: object
+    eval_data: TaskData
+    calibration: TaskData
+    metric: str
+
+    def evaluate(self, model=None) -> dict:
+        model = self.model if model is None else model
+        if self.task == "stsb":
+            return stsb_zero_shot(model, self.tokenizer, self.eval_data)
+        return evaluate(model, self.tokenizer, self.eval_data)
+
+    def score(self, model=None) -> float:
+        return self.evaluate(model)[self.metric]
+
+
+def subsample(data: TaskData, limit: int | None, seed: int = 0) -> TaskData:
+    """A seeded random subset of ``limit`` examples (all of them when ``limit`` is None or larger)."""
+    if limit is None or limit >= len(data):
+        return data
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    return data.subset(idx.tolist())
+
+
+def task_setup(task: str, profile: str, model: str = EMBEDDED, split: str = "dev", eval_limit: int | None = None,
+               data_source: str = "local", seed: int = 0) -> TaskSetup:
+    spec = task_spec(task)
+    tokenizer = load_tokenizer(model)
+    eval_data = subsample(load_task(spec.name, split, source=data_source), eval_limit, seed)
+    train = load_task(spec.name, "train", source=data_source)
+    if spec.name == "stsb":
+        from .load import load_encoder
+
+        sentences = [s for pair in zip(train.text_a, train.text_b) for s in pair]
+        calibration = TaskData("stsb", "train", sentences, None, [0.0] * len(sentences))
+        return TaskSetup("stsb", load_encoder(model), tokenizer, eval_data, calibration, "spearman")
+    head = get_finetuned(budget(spec.name, profile, model=model, seed=seed))
+    return TaskSetup(spec.name, head, tokenizer, eval_data, train, "accuracy")

@@ -116,7 +116,7 @@ class ActivationNode(nn.Module):
         self._owner = [owner]  # a list: not registered as a submodule
         self.quantizer = None if settings.bits is None else FakeQuantizer(
             settings.grid(), settings.estimator, Granularity(settings.axis, settings.groups), name=name)
-        self.capture = None  # set to a list to record outputs (analysis)
+        self.capture = None  # set to a list to record this node's output on real tokens (analysis)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """The real (unpadded) tokens of ``x``: [B,T,d] -> [N,d]; [B,H,T,T] -> flat (both positions real)."""
@@ -138,7 +138,7 @@ class ActivationNode(nn.Module):
             q.observe(self.tokens(x))
         out = x if q is None else q(x)
         if self.capture is not None:
-            self.capture.append(out.detach())
+            self.capture.append(self.tokens(out.detach()))
         return out
 
     def extra_repr(self) -> str:

@@ -1,0 +1,1 @@
+"""Measurements on models: quantization sensitivity per node, outlier statistics."""

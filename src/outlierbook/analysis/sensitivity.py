@@ -1,0 +1,66 @@
+r"""Which quantization nodes hurt: per-node cosine similarity and "disable one kind" recovery.
+
+Outlier Suppression (Appendix B.2, Tables 9 and 11) ranks every activation node by the cosine
+similarity between its FP output $x$ and the quantized $\hat x = Q(x)$,
+
+$$\cos(x, \hat x) = \frac{\langle x, \hat x\rangle}{\lVert x\rVert_2\,\lVert \hat x\rVert_2},$$
+
+over all real (unpadded) tokens, and calls a node problematic below 99 %. We quantize each node
+**in isolation** (its FP input, its own calibrated range), so a node's score does not inherit the
+errors of the nodes before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pandas as pd
+import torch
+
+from ..quant.nodes import QuantizedModel
+
+
+def cosine(x: torch.Tensor, y: torch.Tensor) -> float:
+    x, y = x.double().flatten(), y.double().flatten()
+    return float((x @ y) / (x.norm() * y.norm()).clamp(min=1e-300))
+
+
+@torch.no_grad()
+def node_cosine(qm: QuantizedModel, batches) -> pd.DataFrame:
+    """Cosine similarity (%) of each calibrated activation node's $Q(x)$ against its FP $x$."""
+    nodes = [n for n in qm.act_nodes.values() if n.quantizer is not None]
+    mode = qm.mode
+    qm.set_mode(weights=False, acts=False)
+    for n in nodes:
+        n.capture = []
+    try:
+        for batch in batches:
+            qm(**batch)
+        rows = []
+        for n in nodes:
+            x = torch.cat([c.flatten() for c in n.capture])
+            q = n.quantizer
+            q.quantizing = True
+            xq = torch.cat([q(c).flatten() for c in n.capture])
+            q.quantizing = False
+            rows.append({"node": n.name, "kind": n.kind, "layer": n.layer, "cos_sim": 100 * cosine(x, xq)})
+    finally:
+        for n in nodes:
+            n.capture = None
+        qm.set_mode(*mode)
+    return pd.DataFrame(rows).sort_values("cos_sim", kind="stable").reset_index(drop=True)
+
+
+@contextlib.contextmanager
+def fp32_kinds(qm: QuantizedModel, kinds):
+    """Temporarily leave every activation node of the given kinds unquantized."""
+    kinds = {kinds} if isinstance(kinds, str) else set(kinds)
+    touched = [n.quantizer for n in qm.act_nodes.values() if n.kind in kinds and n.quantizer is not None]
+    before = [q.quantizing for q in touched]
+    for q in touched:
+        q.quantizing = False
+    try:
+        yield qm
+    finally:
+        for q, b in zip(touched, before):
+            q.quantizing = b

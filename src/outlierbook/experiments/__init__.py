@@ -1,0 +1,1 @@
+"""Experiment drivers shared by chapters: loops over settings that return tidy rows."""
