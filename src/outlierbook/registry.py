@@ -41,6 +41,18 @@ CHAPTERS: tuple[Chapter, ...] = (
         title="How to read and run this book",
         needs=("sst2",),
     ),
+    Chapter(
+        id="01_quantization_primer",
+        title="Quantization primer",
+        profiles={"quick": {}, "full": {"n_sentences": 256}},
+    ),
+    Chapter(
+        id="02_the_problem",
+        title="The problem: PTQ of a pretrained transformer",
+        needs=("sst2", "mrpc", "rte"),
+        profiles={"quick": {}, "full": {"n_calib": 256, "eval_limit": None, "calib_seeds": [0, 1, 2, 3, 4],
+                                        "node_study_tasks": ["stsb", "sst2", "mrpc", "rte"]}},
+    ),
 )
 
 
