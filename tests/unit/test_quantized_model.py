@@ -155,3 +155,26 @@ def test_embedded_model_fp_mode_is_exact():
         out = qm(**inputs).last_hidden_state
     mask = inputs["attention_mask"].bool()
     assert (out - ref)[mask].abs().max() < 1e-4
+
+
+def test_roberta_family_is_wrapped_too():
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = RobertaConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=40, num_labels=2)
+    model = RobertaForSequenceClassification(cfg).eval()
+    b = batch()
+    b["input_ids"] = b["input_ids"] + 2  # keep clear of RoBERTa's padding index
+    with torch.no_grad():
+        ref = model(**b).logits
+        qm = quantize_model(model)
+        assert torch.allclose(qm(**b).logits, ref, atol=1e-5)
+        calibrate(qm, [b])
+        assert not torch.allclose(qm.set_mode(True, True)(**b).logits, ref, atol=1e-6)
+    assert "classifier.output" in qm.node_names() and "layer1.ffn.residual" in qm.node_names()
+
+
+def test_not_a_bert_family_model_is_refused():
+    with pytest.raises(ConfigError, match="not a BERT-family encoder"):
+        quantize_model(torch.nn.Sequential(torch.nn.Linear(2, 2)))
