@@ -1,0 +1,1 @@
+"""Methods from the papers: transforms of the FP model and calibration procedures."""

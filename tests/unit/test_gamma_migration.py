@@ -1,0 +1,96 @@
+"""Gamma Migration is an equivalent transformation in FP (OS-4: max |Δ output| ≤ 1e-4)."""
+
+import copy
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from outlierbook.errors import OutlierBookError
+from outlierbook.methods.gamma_migration import NonScalingLayerNorm, migrate_gamma
+from outlierbook.quant.calibrate import calibrate
+from outlierbook.quant.nodes import quantize_model
+
+
+def random_bert_with_random_gamma(seed=0):
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+                     max_position_embeddings=32, num_labels=2)
+    model = BertForSequenceClassification(cfg).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.copy_((torch.rand(m.weight.shape, generator=g) * 4 + 0.1) * torch.sign(torch.randn(m.weight.shape, generator=g)))
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g))
+    return model
+
+
+def inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 60, (4, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def test_migrated_random_bert_equals_the_original():
+    model = random_bert_with_random_gamma()
+    migrated = copy.deepcopy(model)
+    names = migrate_gamma(migrated)
+    assert names[0] == "embeddings.ln" and "layer2.attention.ln" in names and "layer2.ffn.ln" not in names
+    assert len(names) == 1 + 3 + 2
+    with torch.no_grad():
+        a, b = model(**inputs(), output_hidden_states=True), migrated(**inputs(), output_hidden_states=True)
+    assert (a.logits - b.logits).abs().max() <= 1e-4
+    # intermediate hidden states are X' (not X~) after migration; the final layer output is unchanged
+    assert (a.hidden_states[-1] - b.hidden_states[-1]).abs().max() <= 1e-4
+
+
+def test_non_scaling_layernorm_times_gamma_is_layernorm():
+    ln = torch.nn.LayerNorm(8)
+    with torch.no_grad():
+        ln.weight.copy_(torch.linspace(-2, 3, 8) + 0.05)
+        ln.bias.copy_(torch.linspace(1, -1, 8))
+    x = torch.randn(5, 8)
+    ns = NonScalingLayerNorm(ln)
+    assert torch.allclose(ns(x) * ns.gamma, ln(x), atol=1e-5)
+
+
+def test_zero_gamma_and_double_migration_are_refused():
+    model = random_bert_with_random_gamma()
+    with torch.no_grad():
+        model.bert.embeddings.LayerNorm.weight[0] = 0.0
+    with pytest.raises(OutlierBookError, match="γ"):
+        migrate_gamma(copy.deepcopy(model))
+    model = random_bert_with_random_gamma()
+    migrate_gamma(model)
+    with pytest.raises(OutlierBookError, match="already"):
+        migrate_gamma(model)
+
+
+def test_quantization_nodes_attach_to_the_migrated_model():
+    model = random_bert_with_random_gamma()
+    migrate_gamma(model)
+    qm = quantize_model(model, placement="os")
+    with torch.no_grad():
+        ref = model(**inputs()).logits
+        assert torch.allclose(qm(**inputs()).logits, ref, atol=1e-5)
+        calibrate(qm, [inputs()])
+        node = qm.node("layer0.attention.ln")
+        assert node.quantizer.calibrated
+
+
+@pytest.mark.slow
+def test_migrated_embedded_model_equals_the_original_on_real_inputs():
+    from outlierbook.models import load
+
+    enc, tok = load.load_encoder(), load.load_tokenizer()
+    batch = tok(["A man is playing a guitar.", "Stocks fell sharply on Monday, analysts said.", "ok"],
+                padding=True, return_tensors="pt")
+    migrated = copy.deepcopy(enc)
+    migrate_gamma(migrated)
+    with torch.no_grad():
+        a, b = enc(**batch).last_hidden_state, migrated(**batch).last_hidden_state
+    mask = batch["attention_mask"].bool()
+    assert (a - b)[mask].abs().max() <= 1e-4
