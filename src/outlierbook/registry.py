@@ -53,6 +53,12 @@ CHAPTERS: tuple[Chapter, ...] = (
         profiles={"quick": {}, "full": {"n_calib": 256, "eval_limit": None, "calib_seeds": [0, 1, 2, 3, 4],
                                         "node_study_tasks": ["stsb", "sst2", "mrpc", "rte"]}},
     ),
+    Chapter(
+        id="03_anatomy_of_outliers",
+        title="Anatomy of outliers",
+        needs=("sst2",),
+        profiles={"quick": {}, "full": {"n_sentences": 512, "eval_limit": None}},
+    ),
 )
 
 
