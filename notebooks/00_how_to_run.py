@@ -172,7 +172,7 @@ compare.styled(table, "ch00_card", digits=2, caption="all-MiniLM-L6-v2 model car
 
 # %%
 cfg = tasks.budget("sst2", profile, model=model, seed=seed)
-head = tasks.get_finetuned(cfg)
+head = tasks.get_finetuned(cfg, data_source=data_source)
 sst2_dev = tasks.evaluate(head, tokenizer, load_task("sst2", "dev", source=data_source))
 info = tasks.finetune_info(cfg)
 rec.update({"sst2_dev_accuracy": sst2_dev["accuracy"], "sst2_steps": cfg.steps})

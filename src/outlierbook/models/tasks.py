@@ -165,7 +165,7 @@ def budget(task: str, profile: str, **overrides) -> FinetuneConfig:
     return replace(FinetuneConfig(task=name, steps=BUDGETS[profile][name]), **overrides)
 
 
-def finetune(cfg: FinetuneConfig, train: TaskData | None = None, progress: bool = True):
+def finetune(cfg: FinetuneConfig, train: TaskData | None = None, progress: bool = True, data_source: str = "local"):
     """Fine-tune encoder + head with AdamW, linear warm-up and decay, gradient clipping 1.0.
 
     Written on Accelerate so the same loop runs on one CPU here and on several GPUs unchanged.
@@ -176,7 +176,7 @@ def finetune(cfg: FinetuneConfig, train: TaskData | None = None, progress: bool 
 
     spec = task_spec(cfg.task)
     torch.manual_seed(cfg.seed)
-    train = train if train is not None else load_task(spec.name, "train")
+    train = train if train is not None else load_task(spec.name, "train", source=data_source)
     tokenizer = load_tokenizer(cfg.model)
     model = load_classifier(cfg.model, num_labels=spec.num_labels)
     accelerator = Accelerator()
@@ -219,17 +219,20 @@ def finetune(cfg: FinetuneConfig, train: TaskData | None = None, progress: bool 
     return model, losses
 
 
-def get_finetuned(cfg: FinetuneConfig, progress: bool = True):
-    """The fine-tuned model for ``cfg``: loaded from the cache, or trained once and cached atomically."""
+def get_finetuned(cfg: FinetuneConfig, progress: bool = True, data_source: str = "local"):
+    """The fine-tuned model for ``cfg``: loaded from the cache, or trained once and cached atomically.
+
+    ``data_source`` ("local" files or the "hub") is not part of the cache key: both are the same GLUE data.
+    """
     from transformers import AutoModelForSequenceClassification
 
     path = cfg.path()
     if not (path / "model.safetensors").is_file():
-        model, losses = finetune(cfg, progress=progress)
+        model, losses = finetune(cfg, progress=progress, data_source=data_source)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp, safe_serialization=True)
-        dev = evaluate(model, load_tokenizer(cfg.model), load_task(cfg.task, "dev"))
+        dev = evaluate(model, load_tokenizer(cfg.model), load_task(cfg.task, "dev", source=data_source))
         meta = {"config": asdict(cfg), "base": resolve(cfg.model) if cfg.model != EMBEDDED else EMBEDDED,
                 "loss_curve": [round(x, 5) for x in losses], "dev": dev}
         (tmp / "finetune.json").write_text(json.dumps(meta, indent=1))
@@ -296,5 +299,5 @@ def task_setup(task: str, profile: str, model: str = EMBEDDED, split: str = "dev
         sentences = [s for pair in zip(train.text_a, train.text_b) for s in pair]
         calibration = TaskData("stsb", "train", sentences, None, [0.0] * len(sentences))
         return TaskSetup("stsb", load_encoder(model), tokenizer, eval_data, calibration, "spearman")
-    head = get_finetuned(budget(spec.name, profile, model=model, seed=seed))
+    head = get_finetuned(budget(spec.name, profile, model=model, seed=seed), data_source=data_source)
     return TaskSetup(spec.name, head, tokenizer, eval_data, train, "accuracy")
