@@ -97,3 +97,26 @@ def test_learnable_ranges_get_gradients():
     ((fq(x) - x) ** 2).sum().backward()
     assert fq.scale_param.grad is not None and fq.scale_param.grad.abs().item() > 0
     assert fq.zero_param.grad is not None
+
+
+def test_token_wise_clip_cuts_the_planted_outlier_tokens_only():
+    from outlierbook.quant.estimators import TokenWiseClip
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randn(1000, 16, generator=g)
+    tokens[:20, 3] = 80.0 + torch.arange(20.0)  # 2 % of the tokens carry huge values
+    tokens[20:30, 5] = -50.0  # 1 % carry a large negative value
+    twc = TokenWiseClip(p=0.98)  # clip the top 2 % of tokens: exactly the planted ones
+    twc.update(tokens)
+    lo, hi = twc.compute()
+    assert hi.item() < 10 and lo.item() > -10  # the outlier tokens are clipped away...
+    assert hi.item() == tokens[20:].amax(1).max().item()  # ...at the largest ordinary token maximum
+    assert lo.item() in tokens.amin(1).tolist()
+    full = TokenWiseClip(p=1.0)
+    full.update(tokens)
+    assert full.compute()[1].item() == tokens.max().item() and full.compute()[0].item() == tokens.min().item()
+    fq = FakeQuantizer(Grid(6), TokenWiseClip(0.97), name="n")
+    fq.observe(tokens.reshape(10, 100, 16))  # [B, T, d] is flattened to tokens
+    fq.fix()
+    with pytest.raises(ConfigError):
+        TokenWiseClip(p=0.0)

@@ -30,6 +30,7 @@ from .quantizer import Grid, fake_quantize, qparams
 
 class RangeEstimator:
     name = "base"
+    token_wise = False  # True: update() receives [tokens, features] instead of granularity rows
 
     def __init__(self):
         self.reset()
@@ -233,8 +234,47 @@ class GoldenSectionMSE(_SampledMSE):
         return best * self.lo, best * self.hi
 
 
+class TokenWiseClip(CurrentMinMax):
+    r"""The coarse stage of Outlier Suppression's Token-Wise Clipping (§4.2, Alg. 1; notes §1.5).
+
+    Per batch of real tokens ``[N, d]``: the per-token maxima $m_t = \max_j x_{t,j}$ and minima
+    $n_t = \min_j x_{t,j}$; the upper clip is the largest $m_t$ not above the $p$-quantile of $|m_t|$, the
+    lower clip the $n_t$ of largest magnitude not above the $p$-quantile of $|n_t|$. So a fraction
+    $1-p$ of the *tokens* — not of the values — is clipped. Clips are averaged over batches (equal
+    weight), like the authors' ``AvgPruneMinMaxObserver``. ``p = 1`` is the average min-max.
+    """
+
+    name = "token_wise_clip"
+    token_wise = True
+
+    def __init__(self, p: float = 0.99):
+        if not 0.0 < p <= 1.0:
+            raise ConfigError(f"token quantile p must be in (0, 1], got {p}")
+        self.p = p
+        super().__init__()
+
+    @staticmethod
+    def _clip(values: torch.Tensor, p: float) -> torch.Tensor:
+        mags = values.abs()
+        q = row_quantile(mags[None], p)[0]
+        keep = mags <= q
+        return values[keep][mags[keep].argmax()]
+
+    def update(self, tokens):
+        tokens = tokens.detach().float().reshape(-1, tokens.shape[-1])
+        hi = self._clip(tokens.amax(1), self.p).reshape(1)
+        lo = self._clip(tokens.amin(1), self.p).reshape(1)
+        n = self.n_updates
+        self.lo = lo if self.lo is None else (self.lo * n + lo) / (n + 1)
+        self.hi = hi if self.hi is None else (self.hi * n + hi) / (n + 1)
+        self.n_updates += 1
+
+    def __repr__(self):
+        return f"TokenWiseClip(p={self.p})"
+
+
 ESTIMATORS = {cls.name: cls for cls in (CurrentMinMax, AllMinMax, RunningMinMax, AvgMinMax, Percentile, MSE,
-                                        GoldenSectionMSE)}
+                                        GoldenSectionMSE, TokenWiseClip)}
 
 
 def make_estimator(spec) -> RangeEstimator:

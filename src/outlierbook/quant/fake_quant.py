@@ -52,7 +52,12 @@ class FakeQuantizer(nn.Module):
                 f"NaN values reached quantization node {self.name or '?'}; check the input data and the model "
                 "(a NaN in calibration data poisons every range)"
             )
-        self.estimator.update(self.granularity.rows(x.detach()))
+        if getattr(self.estimator, "token_wise", False):
+            if self.granularity.axis is not None:
+                raise ConfigError(f"node {self.name}: token-wise clipping gives one per-tensor range")
+            self.estimator.update(x.detach().reshape(-1, x.shape[-1]))
+        else:
+            self.estimator.update(self.granularity.rows(x.detach()))
 
     def fix(self) -> None:
         """Compute scale and zero point from the estimator's range."""
