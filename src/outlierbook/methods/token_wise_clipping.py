@@ -1,0 +1,96 @@
+r"""Token-Wise Clipping, coarse stage (Wei et al. 2022, §4.2, Algorithm 1; notes §1.5).
+
+For each candidate token quantile $p$ on a grid $p_i = 1 - i\cdot\text{step}$, every activation node
+(except the attention probabilities, which the authors exempt) is recalibrated on **FP**
+activations with :class:`~outlierbook.quant.estimators.TokenWiseClip` ``(p)``; then only the
+activation quantizers are switched on (weights stay FP, as in the authors' code) and the loss is
+$\sum_{\text{batches}} \mathrm{MSE}(f_q(x), f(x))$ between the quantized and the FP model outputs.
+The $p$ with the smallest loss wins and its ranges stay in the model.
+
+Grid (the authors' ``cac_step_iters``): $\text{step} = \min(0.01, \mathrm{round}_{2}(128\cdot32\cdot0.01/(B\,T)))$
+and $\lfloor\{8\!:0.1,\ 6\!:0.3,\ 4\!:0.9\}[b]/\text{step}\rfloor$ candidates — 30 at 6 bits for GLUE
+(B = 32, T = 128).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import ConfigError
+from ..quant.estimators import TokenWiseClip
+from ..quant.nodes import QuantizedModel
+
+SPAN = {8: 0.1, 6: 0.3, 4: 0.9}
+
+
+def round_sig(x: float, digits: int = 2) -> float:
+    return 0.0 if x == 0 else round(x, digits - 1 - int(math.floor(math.log10(abs(x)))))
+
+
+def grid(bits: int, batch_size: int = 32, seq_len: int = 128) -> list[float]:
+    """The authors' candidate quantiles for a bit-width and batch shape."""
+    if bits not in SPAN:
+        raise ConfigError(f"token-wise clipping's grid is defined for 4, 6 and 8 bits, not {bits}")
+    step = min(0.01, round_sig(128 * 32 * 0.01 / (batch_size * seq_len)))
+    iters = int(round(SPAN[bits] / step, 6))
+    return [round(1 - i * step, 6) for i in range(iters)]
+
+
+def _output(out) -> torch.Tensor:
+    return out.logits if hasattr(out, "logits") and out.logits is not None else out.last_hidden_state
+
+
+@torch.no_grad()
+def output_loss(qm: QuantizedModel, batches, fp_outputs) -> float:
+    total = 0.0
+    for batch, ref in zip(batches, fp_outputs):
+        out = _output(qm(**batch))
+        if out.dim() == 3:  # token outputs: compare real tokens only
+            mask = batch["attention_mask"].bool()
+            out, ref = out[mask], ref[mask]
+        total += float(torch.nn.functional.mse_loss(out, ref))
+    return total
+
+
+@torch.no_grad()
+def coarse_search(qm: QuantizedModel, batches, candidates, exempt_kinds=("attention.probs",)) -> dict:
+    """Pick the token quantile with the smallest output MSE; leaves those ranges in ``qm``.
+
+    Returns ``{"best_p", "losses": {p: loss}}``. Weight quantizers are off during the search and
+    restored afterwards (they are calibrated by the caller).
+    """
+    batches = list(batches)
+    if not batches:
+        raise ConfigError("token-wise clipping needs at least one calibration batch")
+    mode = qm.mode
+    qm.set_mode(weights=False, acts=False)
+    fp_outputs = [_output(qm(**b)) for b in batches]
+    nodes = [n for n in qm.act_nodes.values() if n.quantizer is not None and n.kind not in exempt_kinds]
+    exempt = [n for n in qm.act_nodes.values() if n.quantizer is not None and n.kind in exempt_kinds]
+
+    def calibrate_with(p: float) -> None:
+        for n in nodes:
+            n.quantizer.estimator = TokenWiseClip(p)
+            n.quantizer.reset()
+            n.quantizer.observing = True
+        for n in exempt:
+            n.quantizer.reset()
+            n.quantizer.observing = True
+        for b in batches:
+            qm(**b)
+        for n in nodes + exempt:
+            n.quantizer.observing = False
+            n.quantizer.fix()
+
+    losses = {}
+    for p in candidates:
+        calibrate_with(p)
+        qm.set_mode(weights=False, acts=True)
+        losses[p] = output_loss(qm, batches, fp_outputs)
+        qm.set_mode(weights=False, acts=False)
+    best = min(losses, key=lambda p: (losses[p], -p))
+    calibrate_with(best)
+    qm.set_mode(*mode)
+    return {"best_p": best, "losses": losses}

@@ -1,0 +1,53 @@
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from outlierbook.errors import ConfigError
+from outlierbook.methods import token_wise_clipping as twc
+from outlierbook.quant.calibrate import calibrate
+from outlierbook.quant.estimators import TokenWiseClip
+from outlierbook.quant.nodes import quantize_model
+
+
+def test_grid_follows_the_authors_step_rule():
+    g6 = twc.grid(6, batch_size=32, seq_len=128)
+    assert len(g6) == 30 and g6[0] == 1.0 and g6[-1] == pytest.approx(0.71)
+    assert len(twc.grid(8)) == 10 and len(twc.grid(4)) == 90
+    squad = twc.grid(6, batch_size=32, seq_len=384)  # step 0.0033 -> 90 candidates
+    assert len(squad) == 90 and squad[1] == pytest.approx(0.9967)
+    with pytest.raises(ConfigError):
+        twc.grid(5)
+
+
+def tiny():
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                     max_position_embeddings=32, num_labels=2)
+    return BertForSequenceClassification(cfg).eval()
+
+
+def batches():
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(2):
+        ids = torch.randint(1, 50, (4, 10), generator=g)
+        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    return out
+
+
+def test_coarse_search_keeps_the_argmin_and_exempts_probs():
+    qm = quantize_model(tiny(), placement="os", weight_bits=6, act_bits=4)
+    calibrate(qm, batches())
+    qm.set_mode(True, True)
+    result = twc.coarse_search(qm, batches(), candidates=[1.0, 0.95, 0.9, 0.8])
+    assert result["best_p"] == min(result["losses"], key=result["losses"].get)
+    assert qm.mode == (True, True)
+    assert isinstance(qm.node("layer0.ffn.gelu").quantizer.estimator, TokenWiseClip)
+    assert not isinstance(qm.node("layer0.attention.probs").quantizer.estimator, TokenWiseClip)
+    qm.set_mode(False, True)
+    fp = None
+    with torch.no_grad():
+        qm.set_mode(False, False)
+        fp = [twc._output(qm(**b)) for b in batches()]
+        qm.set_mode(False, True)
+        assert twc.output_loss(qm, batches(), fp) == pytest.approx(result["losses"][result["best_p"]], rel=1e-5)
