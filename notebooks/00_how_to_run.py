@@ -225,8 +225,9 @@ print(sorted(p.name for p in out.iterdir() if not p.name.startswith(".")))
 #
 # ```{admonition} Solution 2
 # :class: dropdown
-# Sentences are length-sorted into batches, so each batch pads to its longest sentence; averaging
-# padding vectors pulls short sentences toward a common "padding" direction, raising every cosine
-# and scrambling the ranking — the Spearman score drops. This is why the quantization chapters
-# also exclude padding tokens when they calibrate ranges.
+# Sentences are length-sorted into batches, so each batch pads to its longest sentence. Averaging
+# padding vectors in pulls every short sentence toward a shared "padding" direction, which raises
+# all cosines and mixes a sentence's length into its similarity scores, so expect the ranking — and
+# the Spearman score — to get worse; run it to see by how much. The same reasoning is why the
+# quantization chapters exclude padding tokens when they calibrate ranges.
 # ```

@@ -37,7 +37,8 @@ def encode(tokenizer, text_a, text_b=None, max_length: int = 128) -> dict:
     """Tokenise a batch with right padding (the quantization code assumes right padding)."""
     enc = tokenizer(list(text_a), None if text_b is None else list(text_b), padding=True, truncation=True,
                     max_length=max_length, return_tensors="pt")
-    enc.pop("token_type_ids", None) if "token_type_ids" not in getattr(tokenizer, "model_input_names", []) else None
+    if "token_type_ids" not in getattr(tokenizer, "model_input_names", ["token_type_ids"]):
+        enc.pop("token_type_ids", None)  # RoBERTa-style tokenizers: the model takes no segment ids
     return dict(enc)
 
 
