@@ -51,3 +51,23 @@ def test_coarse_search_keeps_the_argmin_and_exempts_probs():
         fp = [twc._output(qm(**b)) for b in batches()]
         qm.set_mode(False, True)
         assert twc.output_loss(qm, batches(), fp) == pytest.approx(result["losses"][result["best_p"]], rel=1e-5)
+
+
+def test_fine_stage_learns_scales_and_lowers_the_output_loss():
+    qm = quantize_model(tiny(), placement="os", weight_bits=6, act_bits=4)
+    calibrate(qm, batches())
+    for q in qm.activation_quantizers():  # start from ranges four times too wide: learning must shrink them
+        lo, hi = -q.zero * q.scale, (q.grid.qmax - q.zero) * q.scale
+        q.set_range(4 * lo, 4 * hi)
+    qm.set_mode(False, False)
+    with torch.no_grad():
+        fp = [twc._output(qm(**b)) for b in batches()]
+    qm.set_mode(False, True)
+    before = twc.output_loss(qm, batches(), fp)
+    scale_before = qm.node("layer0.ffn.gelu").quantizer.scale.clone()
+    curve = twc.learn_scales(qm, batches(), lr=3e-3, epochs=5)
+    assert len(curve) == 10
+    q = qm.node("layer0.ffn.gelu").quantizer
+    assert q.learnable and not torch.equal(q.scale_param.detach(), scale_before)
+    qm.set_mode(False, True)
+    assert twc.output_loss(qm, batches(), fp) < before

@@ -1,4 +1,4 @@
-r"""Token-Wise Clipping, coarse stage (Wei et al. 2022, §4.2, Algorithm 1; notes §1.5).
+r"""Token-Wise Clipping (Wei et al. 2022, §4.2, Algorithm 1; notes §1.5): coarse and fine stages.
 
 For each candidate token quantile $p$ on a grid $p_i = 1 - i\cdot\text{step}$, every activation node
 (except the attention probabilities, which the authors exempt) is recalibrated on **FP**
@@ -10,6 +10,10 @@ The $p$ with the smallest loss wins and its ranges stay in the model.
 Grid (the authors' ``cac_step_iters``): $\text{step} = \min(0.01, \mathrm{round}_{2}(128\cdot32\cdot0.01/(B\,T)))$
 and $\lfloor\{8\!:0.1,\ 6\!:0.3,\ 4\!:0.9\}[b]/\text{step}\rfloor$ candidates — 30 at 6 bits for GLUE
 (B = 32, T = 128).
+
+**Fine stage** (``learn_scales``): starting from the coarse ranges, the activation scales and zero
+points become learnable (LSQ+, with LSQ's gradient scaling) and are trained with Adam (lr 1e-5,
+cosine annealing to 0, 3 epochs over the calibration batches) on the same output MSE, weights in FP.
 """
 
 from __future__ import annotations
@@ -94,3 +98,41 @@ def coarse_search(qm: QuantizedModel, batches, candidates, exempt_kinds=("attent
     calibrate_with(best)
     qm.set_mode(*mode)
     return {"best_p": best, "losses": losses}
+
+
+def learn_scales(qm: QuantizedModel, batches, lr: float = 1e-5, epochs: int = 3) -> list[float]:
+    """The fine stage: learn activation scale/zero point from the current ranges; returns the loss curve."""
+    batches = list(batches)
+    if not batches:
+        raise ConfigError("the fine stage needs at least one calibration batch")
+    mode, was_training = qm.mode, qm.training
+    qm.eval()
+    qm.set_mode(weights=False, acts=False)
+    with torch.no_grad():
+        fp_outputs = [_output(qm(**b)) for b in batches]
+    quantizers = qm.activation_quantizers()
+    for q in quantizers:
+        if not q.learnable:
+            q.make_learnable(zero_point=True, grad_scaling=True)
+    params = [p for q in quantizers for p in (q.scale_param, q.zero_param) if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(batches), eta_min=0.0)
+    qm.set_mode(weights=False, acts=True)
+    losses = []
+    for _ in range(epochs):
+        for batch, ref in zip(batches, fp_outputs):
+            out = _output(qm(**batch))
+            if out.dim() == 3:
+                mask = batch["attention_mask"].bool()
+                out, ref_b = out[mask], ref[mask]
+            else:
+                ref_b = ref
+            loss = torch.nn.functional.mse_loss(out, ref_b)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+    qm.set_mode(*mode)
+    qm.train(was_training)
+    return losses
