@@ -167,57 +167,20 @@ def budget(task: str, profile: str, **overrides) -> FinetuneConfig:
 
 
 def finetune(cfg: FinetuneConfig, train: TaskData | None = None, progress: bool = True, data_source: str = "local"):
-    """Fine-tune encoder + head with AdamW, linear warm-up and decay, gradient clipping 1.0.
+    """Fine-tune encoder + a fresh head (see :mod:`outlierbook.models.training` for the loop).
 
-    Written on Accelerate so the same loop runs on one CPU here and on several GPUs unchanged.
     Returns the trained model (eval mode) and the loss curve.
     """
-    from accelerate import Accelerator
-    from transformers import get_linear_schedule_with_warmup
+    from .training import decay_groups, train_loader, train_loop
 
     spec = task_spec(cfg.task)
     torch.manual_seed(cfg.seed)
     train = train if train is not None else load_task(spec.name, "train", source=data_source)
     tokenizer = load_tokenizer(cfg.model)
     model = load_classifier(cfg.model, num_labels=spec.num_labels)
-    accelerator = Accelerator()
-
-    generator = torch.Generator().manual_seed(cfg.seed)
-    n_needed = cfg.steps * cfg.batch_size
-    order = torch.cat([torch.randperm(len(train), generator=generator) for _ in range(math.ceil(n_needed / len(train)))])
-    order = order[:n_needed].tolist()
-
-    def collate(indices):
-        b = None if train.text_b is None else [train.text_b[i] for i in indices]
-        inputs = encode(tokenizer, [train.text_a[i] for i in indices], b, cfg.max_length)
-        dtype = torch.float32 if spec.kind == "regression" else torch.long
-        inputs["labels"] = torch.tensor([train.labels[i] for i in indices], dtype=dtype)
-        return inputs
-
-    loader = torch.utils.data.DataLoader(order, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate)
-    no_decay = ("bias", "LayerNorm.weight", "layernorm.weight", "norm.weight")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": cfg.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup * cfg.steps), cfg.steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    model.train()
-    losses = []
-    bar = tqdm(loader, desc=f"fine-tune {spec.name}", disable=not (progress and progress_enabled() and accelerator.is_local_main_process))
-    for batch in bar:
-        loss = model(**batch).loss
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-        losses.append(float(loss.detach()))
-        if len(losses) % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-    model = accelerator.unwrap_model(model).eval()
-    return model, losses
+    loader = train_loader(train, tokenizer, cfg.steps, cfg.batch_size, cfg.max_length, cfg.seed)
+    return train_loop(model, loader, decay_groups(model, cfg.weight_decay), cfg.lr, cfg.steps, cfg.warmup,
+                      desc=f"fine-tune {spec.name}", progress=progress)
 
 
 def get_finetuned(cfg: FinetuneConfig, progress: bool = True, data_source: str = "local"):

@@ -1,0 +1,43 @@
+r"""Quantization-aware training with learnable ranges (Bondarenko et al. 2021, §4; LSQ/LSQ+).
+
+Start from a calibrated :class:`~outlierbook.quant.nodes.QuantizedModel` (PTQ ranges), make every
+quantizer's scale (and, for asymmetric grids, zero point) a parameter, and fine-tune weights and
+ranges together through the straight-through estimator, with the book's one training loop
+(:mod:`outlierbook.models.training`, Accelerate). Ranges get no weight decay. With
+``learn_ranges=False`` the PTQ ranges stay fixed and only the weights adapt.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..data.glue import TaskData
+from ..errors import OutlierBookError
+from ..models.training import decay_groups, train_loader, train_loop
+from ..quant.nodes import QuantizedModel, check_calibrated
+
+
+def qat(qm: QuantizedModel, train: TaskData, tokenizer, steps: int, batch_size: int = 32, lr: float = 2e-5,
+        warmup: float = 0.1, weight_decay: float = 0.0, learn_ranges: bool = True, max_length: int = 128,
+        seed: int = 0, progress: bool = True) -> list[float]:
+    """Train ``qm`` (W+A quantized) on labelled ``train`` data; returns the loss curve."""
+    if train.split != "train":
+        raise OutlierBookError("quantization-aware training uses the training split only")
+    check_calibrated(qm)
+    quantizers = qm.activation_quantizers() + qm.weight_quantizers()
+    if learn_ranges:
+        for q in quantizers:
+            if not q.learnable:
+                q.make_learnable(zero_point=True, grad_scaling=True)
+    qm.set_mode(weights=True, acts=True)
+    range_params = {id(p) for q in quantizers if q.learnable for p in (q.scale_param, q.zero_param)}
+    groups = decay_groups(qm.model, weight_decay)
+    for g in groups:
+        g["params"] = [p for p in g["params"] if id(p) not in range_params]
+    ranges = [p for q in quantizers if q.learnable for p in (q.scale_param, q.zero_param) if p.requires_grad]
+    if ranges:
+        groups.append({"params": ranges, "weight_decay": 0.0})
+    torch.manual_seed(seed)
+    loader = train_loader(train, tokenizer, steps, batch_size, max_length, seed)
+    _, losses = train_loop(qm, loader, groups, lr, steps, warmup, desc=f"QAT {train.task}", progress=progress)
+    return losses

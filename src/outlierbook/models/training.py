@@ -1,0 +1,79 @@
+"""The one training loop of the book (fine-tuning, quantization-aware training), on Accelerate.
+
+AdamW, linear warm-up then linear decay to zero, gradient clipping at 1.0, one loss per batch from
+the Hugging Face model's own head. ``Accelerator`` makes the same loop run on one CPU here and on
+several GPUs (``accelerate launch``) unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..data.glue import TaskData, task_spec
+from ..nbsetup import progress_enabled
+
+
+def sample_order(n_examples: int, steps: int, batch_size: int, seed: int) -> list[int]:
+    """Example indices for ``steps`` batches: seeded permutations of the data, concatenated (epochs)."""
+    generator = torch.Generator().manual_seed(seed)
+    needed = steps * batch_size
+    order = torch.cat([torch.randperm(n_examples, generator=generator) for _ in range(math.ceil(needed / n_examples))])
+    return order[:needed].tolist()
+
+
+def train_loader(train: TaskData, tokenizer, steps: int, batch_size: int, max_length: int, seed: int):
+    """A DataLoader that tokenises labelled batches on the fly (right padding)."""
+    from .tasks import encode
+
+    kind = task_spec(train.task).kind
+
+    def collate(indices):
+        b = None if train.text_b is None else [train.text_b[i] for i in indices]
+        inputs = encode(tokenizer, [train.text_a[i] for i in indices], b, max_length)
+        dtype = torch.float32 if kind == "regression" else torch.long
+        inputs["labels"] = torch.tensor([train.labels[i] for i in indices], dtype=dtype)
+        return inputs
+
+    order = sample_order(len(train), steps, batch_size, seed)
+    return torch.utils.data.DataLoader(order, batch_size=batch_size, shuffle=False, collate_fn=collate)
+
+
+NO_DECAY = ("bias", "LayerNorm.weight", "layernorm.weight", "norm.weight")
+
+
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [
+        {"params": [p for n, p in named if not n.endswith(NO_DECAY)], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if n.endswith(NO_DECAY)], "weight_decay": 0.0},
+    ]
+
+
+def train_loop(model, loader, groups: list[dict], lr: float, steps: int, warmup: float, desc: str,
+               progress: bool = True):
+    """Run the loop; returns ``(unwrapped model in eval mode, per-step losses)``."""
+    from accelerate import Accelerator
+    from transformers import get_linear_schedule_with_warmup
+
+    accelerator = Accelerator()
+    optimizer = torch.optim.AdamW(groups, lr=lr)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup * steps), steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(loader, desc=desc, disable=not (progress and progress_enabled() and accelerator.is_local_main_process))
+    for batch in bar:
+        loss = model(**batch).loss
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        losses.append(float(loss.detach()))
+        if len(losses) % 20 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    return accelerator.unwrap_model(model).eval(), losses

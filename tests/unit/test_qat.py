@@ -1,0 +1,42 @@
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from outlierbook.data.glue import TaskData
+from outlierbook.errors import OutlierBookError
+from outlierbook.methods.qat import qat
+from outlierbook.quant.calibrate import calibrate
+from outlierbook.quant.nodes import quantize_model
+
+
+class CharTokenizer:
+    """A stand-in tokenizer: characters to ids, right padding (enough for the training loop)."""
+
+    model_input_names = ["input_ids", "attention_mask"]
+
+    def __call__(self, a, b=None, padding=True, truncation=True, max_length=16, return_tensors="pt"):
+        rows = [[2 + (ord(c) % 40) for c in s][:max_length] for s in a]
+        n = max(len(r) for r in rows)
+        ids = torch.tensor([r + [0] * (n - len(r)) for r in rows])
+        return {"input_ids": ids, "attention_mask": (ids != 0).long()}
+
+
+def test_qat_updates_weights_and_ranges_and_keeps_quantizing():
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=32,
+                                                     max_position_embeddings=32, num_labels=2))
+    tok = CharTokenizer()
+    texts = ["good film", "bad film", "great", "awful plot", "fine acting", "dull"] * 4
+    train = TaskData("sst2", "train", texts, None, [1, 0, 1, 0, 1, 0] * 4)
+    qm = quantize_model(model.eval(), weight_bits=4, act_bits=8)
+    calibrate(qm, [tok(texts[:8])])
+    w0 = model.bert.encoder.layer[0].intermediate.dense.parametrizations.weight.original.detach().clone()
+    s0 = qm.node("layer0.ffn.gelu").quantizer.scale.clone()
+    losses = qat(qm, train, tok, steps=4, batch_size=6, lr=1e-2, progress=False)
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    assert not torch.equal(model.bert.encoder.layer[0].intermediate.dense.parametrizations.weight.original, w0)
+    assert not torch.equal(qm.node("layer0.ffn.gelu").quantizer.scale_param.detach(), s0)
+    assert qm.mode == (True, True)
+    with pytest.raises(OutlierBookError, match="training split"):
+        qat(qm, TaskData("sst2", "dev", texts, None, [0] * len(texts)), tok, steps=1)
