@@ -165,10 +165,11 @@ plt.show()
 # %% [markdown]
 # ## 3. LayerNorm's γ amplifies them
 #
-# A LayerNorm computes $\tilde X = \gamma \odot X' + \beta$ with $X' = (X - \mu)/\sigma$. Outlier
-# Suppression's Figure 1 shows that the dimensions where $|\tilde X|$ is largest are the dimensions
-# where $|\gamma|$ is largest: γ turns a mildly uneven $X'$ into a tensor with outliers. We recover
-# $X' = (\tilde X - \beta)/\gamma$ from the attention LayerNorm ("MHA-LN") output and compare.
+# A LayerNorm computes $\tilde X = \gamma \odot \hat X + \beta$ with $\hat X = (X - \mu)/\sigma$, which is
+# $\tilde X = \gamma \odot X'$ for the **non-scaling** output $X' = \hat X + \beta/\gamma$ (Outlier
+# Suppression, Eq. 3). Their Figure 1 shows that the dimensions where $|\tilde X|$ is largest are the
+# dimensions where $|\gamma|$ is largest: γ turns a milder $X'$ into a tensor with outliers. We
+# recover $X' = \tilde X/\gamma$ from the attention LayerNorm ("MHA-LN") output and compare.
 
 # %%
 gamma_rows, gamma_curves = [], {}

@@ -94,3 +94,18 @@ def test_migrated_embedded_model_equals_the_original_on_real_inputs():
         a, b = enc(**batch).last_hidden_state, migrated(**batch).last_hidden_state
     mask = batch["attention_mask"].bool()
     assert (a - b)[mask].abs().max() <= 1e-4
+
+
+def test_non_scaling_output_quantizes_better_when_gamma_has_outlier_dims():
+    from outlierbook.methods.gamma_migration import migration_cosines, weight_cosines
+
+    g = torch.Generator().manual_seed(0)
+    x_hat = torch.randn(400, 32, generator=g)
+    gamma = torch.ones(32)
+    gamma[[5, 17]] = 25.0
+    beta = torch.zeros(32)
+    cos = migration_cosines(gamma * x_hat + beta, gamma, beta, bits=6)
+    assert cos["x_prime"] > cos["x_tilde"]
+    lin = torch.nn.Linear(32, 8)
+    w = weight_cosines(lin, torch.ones(32), bits=6)
+    assert w["original"] == pytest.approx(w["gamma_scaled"])

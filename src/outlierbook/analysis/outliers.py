@@ -92,11 +92,12 @@ def top_dims(values: torch.Tensor, k: int = 10) -> list[int]:
 def gamma_overlap(ln_output: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, k: int = 10) -> dict:
     r"""Outlier Suppression's γ-amplifier test for one LayerNorm.
 
-    $\tilde X = \gamma \odot X' + \beta$, so the non-scaling output is $X' = (\tilde X - \beta)/\gamma$.
+    $\tilde X = \gamma \odot \hat X + \beta = \gamma \odot X'$ with the non-scaling output $X' = \hat X + \beta/\gamma = \tilde X/\gamma$
+    (Outlier Suppression, Eq. 3).
     Returns per-dimension max $|\tilde X|$ and max $|X'|$, and the overlap of the top-``k`` dimensions
     of max $|\tilde X|$ and of $|\gamma|$.
     """
-    x_prime = (ln_output - beta) / gamma
+    x_prime = ln_output / gamma
     mx, mxp = ln_output.abs().amax(0), x_prime.abs().amax(0)
     a, b = set(top_dims(mx, k)), set(top_dims(gamma.abs(), k))
     return {"max_abs_x_tilde": mx, "max_abs_x_prime": mxp, "overlap": len(a & b), "shared_dims": sorted(a & b),

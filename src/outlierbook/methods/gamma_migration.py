@@ -84,3 +84,39 @@ def migrate_gamma(model: nn.Module, ffn_ln: bool = True, mha_ln: bool = True, em
                     f"layer{i}.ffn.ln")
     model._outlierbook_gamma_migrated = True
     return migrated
+
+
+def quantized_cosine(x: torch.Tensor, bits: int = 6) -> float:
+    """Cosine similarity (%) of ``x`` and its per-tensor asymmetric min-max quantization."""
+    from ..analysis.sensitivity import cosine
+    from ..quant.quantizer import Grid, fake_quantize, qparams
+
+    grid = Grid(bits, False)
+    s, z = qparams(x.min(), x.max(), grid)
+    return 100 * cosine(x, fake_quantize(x, s, z, grid.qmin, grid.qmax))
+
+
+def migration_cosines(ln_output: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, bits: int = 6) -> dict:
+    """Outlier Suppression's Table 1: quantization cosine of $\\tilde X$ versus the non-scaling $X' = (\\tilde X-\\beta)/\\gamma + \\beta/\\gamma$.
+
+    Note $X' = \\hat X + \\beta/\\gamma$ where $\\hat X = (\\tilde X - \\beta)/\\gamma$ is the normalised input.
+    """
+    x_prime = (ln_output - beta) / gamma + beta / gamma
+    return {"x_tilde": quantized_cosine(ln_output, bits), "x_prime": quantized_cosine(x_prime, bits)}
+
+
+def weight_cosines(linear: torch.nn.Linear, gamma: torch.Tensor, bits: int = 6) -> dict:
+    """Outlier Suppression's Table 2: symmetric per-channel quantization cosine of $W$ and of $W\\,\\mathrm{diag}(\\gamma)$."""
+    from ..analysis.sensitivity import cosine
+    from ..quant.fake_quant import FakeQuantizer
+    from ..quant.granularity import Granularity
+    from ..quant.quantizer import Grid
+
+    out = {}
+    for label, w in (("original", linear.weight.detach()), ("gamma_scaled", linear.weight.detach() * gamma)):
+        q = FakeQuantizer(Grid(bits, True), "current_minmax", Granularity(axis=0))
+        q.observe(w)
+        q.fix()
+        q.quantizing = True
+        out[label] = 100 * cosine(w, q(w))
+    return out
