@@ -249,6 +249,12 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
+# How to read the three panels: a bright column on the left means most queries attend to one key;
+# if that key's bar in the middle is short, the product on the right is dark in that column — the
+# head reads almost nothing and adds almost nothing to the residual. In this model the key that
+# plays the delimiter's role is often `[CLS]`, which is why `[CLS]` is counted with the delimiters
+# in the attention-mass comparison.
+#
 # ## 5. Most outliers can be clipped, some cannot
 #
 # Outlier Suppression's Figure 2 and Table 13 clip one activation kind in the **FP** model and
