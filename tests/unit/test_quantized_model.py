@@ -178,3 +178,13 @@ def test_roberta_family_is_wrapped_too():
 def test_not_a_bert_family_model_is_refused():
     with pytest.raises(ConfigError, match="not a BERT-family encoder"):
         quantize_model(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_node_cosine_covers_every_quantized_node_and_restores_the_mode():
+    from outlierbook.analysis.sensitivity import node_cosine
+
+    qm = calibrate(quantize_model(tiny_bert(), placement="os", act_bits=4), [batch()]).set_mode(True, True)
+    cos = node_cosine(qm, [batch()])
+    assert sorted(cos.node) == sorted(qm.node_names(quantized_only=True))
+    assert cos.cos_sim.between(0, 100.0001).all() and cos.cos_sim.is_monotonic_increasing
+    assert qm.mode == (True, True) and all(n.capture is None for n in qm.act_nodes.values())

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from ..quant.nodes import QuantizedModel
+from .capture import record
 
 
 def cosine(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -29,25 +30,18 @@ def cosine(x: torch.Tensor, y: torch.Tensor) -> float:
 def node_cosine(qm: QuantizedModel, batches) -> pd.DataFrame:
     """Cosine similarity (%) of each calibrated activation node's $Q(x)$ against its FP $x$."""
     nodes = [n for n in qm.act_nodes.values() if n.quantizer is not None]
-    mode = qm.mode
-    qm.set_mode(weights=False, acts=False)
+    recorded = record(qm, nodes, batches)
+    rows = []
     for n in nodes:
-        n.capture = []
-    try:
-        for batch in batches:
-            qm(**batch)
-        rows = []
-        for n in nodes:
-            x = torch.cat([c.flatten() for c in n.capture])
-            q = n.quantizer
-            q.quantizing = True
-            xq = torch.cat([q(c).flatten() for c in n.capture])
-            q.quantizing = False
-            rows.append({"node": n.name, "kind": n.kind, "layer": n.layer, "cos_sim": 100 * cosine(x, xq)})
-    finally:
-        for n in nodes:
-            n.capture = None
-        qm.set_mode(*mode)
+        chunks = recorded[n.name]
+        q = n.quantizer
+        before, q.quantizing = q.quantizing, True
+        try:
+            xq = torch.cat([q(c).flatten() for c in chunks])
+        finally:
+            q.quantizing = before
+        x = torch.cat([c.flatten() for c in chunks])
+        rows.append({"node": n.name, "kind": n.kind, "layer": n.layer, "cos_sim": 100 * cosine(x, xq)})
     return pd.DataFrame(rows).sort_values("cos_sim", kind="stable").reset_index(drop=True)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from ..analysis.capture import record
 from ..quant.fake_quant import FakeQuantizer
 from ..quant.granularity import Granularity
 from ..quant.nodes import QuantizedModel
@@ -36,24 +37,14 @@ def set_range_permutations(qm: QuantizedModel, batches, kinds=FFN_KINDS) -> dict
     """Record per-dimension FP ranges of the ``kinds`` nodes and install the sorted permutation."""
     nodes = [n for n in qm.act_nodes.values() if n.kind in kinds and n.quantizer is not None
              and n.quantizer.granularity.groups is not None]
-    mode = qm.mode
-    qm.set_mode(weights=False, acts=False)
+    recorded = record(qm, nodes, batches)
+    perms = {}
     for n in nodes:
-        n.capture = []
-    try:
-        for b in batches:
-            qm(**b)
-        perms = {}
-        for n in nodes:
-            x = torch.cat(n.capture)
-            ranges = x.amax(0) - x.amin(0)
-            perm = torch.argsort(ranges, stable=True)
-            n.quantizer.granularity = Granularity(axis=-1, groups=n.quantizer.granularity.groups, permutation=perm)
-            perms[n.name] = perm
-    finally:
-        for n in nodes:
-            n.capture = None
-        qm.set_mode(*mode)
+        x = torch.cat(recorded[n.name])
+        ranges = x.amax(0) - x.amin(0)
+        perm = torch.argsort(ranges, stable=True)
+        n.quantizer.granularity = Granularity(axis=-1, groups=n.quantizer.granularity.groups, permutation=perm)
+        perms[n.name] = perm
     return perms
 
 
