@@ -10,3 +10,44 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(2)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def tiny_bert():
+    """A random 2-layer BERT classifier (hidden 16) with random LayerNorm γ/β, and one padded batch."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
+                                                     num_attention_heads=2, intermediate_size=32,
+                                                     max_position_embeddings=32, num_labels=2)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.uniform_(0.5, 3.0)
+                m.bias.normal_(0, 0.5)
+    ids = torch.randint(1, 50, (4, 12))
+    mask = torch.ones_like(ids)
+    mask[2, 8:] = 0
+    mask[3, 5:] = 0
+    return model, {"input_ids": ids * mask, "attention_mask": mask}
+
+
+class CharTokenizer:
+    """A stand-in tokenizer: characters to ids, right padding (enough for the training loop)."""
+
+    model_input_names = ["input_ids", "attention_mask"]
+
+    def __call__(self, a, b=None, padding=True, truncation=True, max_length=16, return_tensors="pt"):
+        rows = [[2 + (ord(c) % 40) for c in s][:max_length] for s in a]
+        n = max(len(r) for r in rows)
+        ids = torch.tensor([r + [0] * (n - len(r)) for r in rows])
+        return {"input_ids": ids, "attention_mask": (ids != 0).long()}
+
+
+@pytest.fixture
+def char_tokenizer():
+    return CharTokenizer()

@@ -59,6 +59,14 @@ CHAPTERS: tuple[Chapter, ...] = (
         needs=("sst2",),
         profiles={"quick": {}, "full": {"n_sentences": 512, "eval_limit": None}},
     ),
+    Chapter(
+        id="05_outlier_suppression",
+        title="Outlier Suppression: Gamma Migration and Token-Wise Clipping",
+        needs=("sst2", "mrpc", "rte"),
+        profiles={"quick": {}, "full": {"tasks": ["stsb", "sst2", "mrpc", "rte"], "eval_limit": None, "n_calib": 256,
+                                        "twc_max_candidates": None, "qat_bits": ["4-4-8", "4-4-4"],
+                                        "qat_steps": 250, "qat_batch_size": 32}},
+    ),
 )
 
 

@@ -9,24 +9,12 @@ from outlierbook.quant.calibrate import calibrate
 from outlierbook.quant.nodes import quantize_model
 
 
-class CharTokenizer:
-    """A stand-in tokenizer: characters to ids, right padding (enough for the training loop)."""
-
-    model_input_names = ["input_ids", "attention_mask"]
-
-    def __call__(self, a, b=None, padding=True, truncation=True, max_length=16, return_tensors="pt"):
-        rows = [[2 + (ord(c) % 40) for c in s][:max_length] for s in a]
-        n = max(len(r) for r in rows)
-        ids = torch.tensor([r + [0] * (n - len(r)) for r in rows])
-        return {"input_ids": ids, "attention_mask": (ids != 0).long()}
-
-
-def test_qat_updates_weights_and_ranges_and_keeps_quantizing():
+def test_qat_updates_weights_and_ranges_and_keeps_quantizing(char_tokenizer):
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
                                                      num_attention_heads=2, intermediate_size=32,
                                                      max_position_embeddings=32, num_labels=2))
-    tok = CharTokenizer()
+    tok = char_tokenizer
     texts = ["good film", "bad film", "great", "awful plot", "fine acting", "dull"] * 4
     train = TaskData("sst2", "train", texts, None, [1, 0, 1, 0, 1, 0] * 4)
     qm = quantize_model(model.eval(), weight_bits=4, act_bits=8)

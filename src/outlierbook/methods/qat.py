@@ -19,24 +19,32 @@ from ..quant.nodes import QuantizedModel, check_calibrated
 
 def qat(qm: QuantizedModel, train: TaskData, tokenizer, steps: int, batch_size: int = 32, lr: float = 2e-5,
         warmup: float = 0.1, weight_decay: float = 0.0, learn_ranges: bool = True, max_length: int = 128,
-        seed: int = 0, progress: bool = True) -> list[float]:
-    """Train ``qm`` (W+A quantized) on labelled ``train`` data; returns the loss curve."""
+        seed: int = 0, progress: bool = True, range_lr: float | None = None, pact: bool = False) -> list[float]:
+    """Train ``qm`` (W+A quantized) on labelled ``train`` data; returns the loss curve.
+
+    Ranges not yet learnable become LSQ+ parameters; with ``pact=True`` the activation ranges become
+    PACT clipping bounds instead (weights keep LSQ scales). ``range_lr`` defaults to ``lr``.
+    """
     if train.split != "train":
         raise OutlierBookError("quantization-aware training uses the training split only")
     check_calibrated(qm)
     quantizers = qm.activation_quantizers() + qm.weight_quantizers()
     if learn_ranges:
+        if pact:
+            for q in qm.activation_quantizers():
+                if not q.learnable:
+                    q.make_pact()
         for q in quantizers:
             if not q.learnable:
                 q.make_learnable(zero_point=True, grad_scaling=True)
     qm.set_mode(weights=True, acts=True)
-    range_params = {id(p) for q in quantizers if q.learnable for p in (q.scale_param, q.zero_param)}
+    ranges = [p for q in quantizers for p in q.range_parameters()]
+    range_ids = {id(p) for p in ranges}
     groups = decay_groups(qm.model, weight_decay)
     for g in groups:
-        g["params"] = [p for p in g["params"] if id(p) not in range_params]
-    ranges = [p for q in quantizers if q.learnable for p in (q.scale_param, q.zero_param) if p.requires_grad]
+        g["params"] = [p for p in g["params"] if id(p) not in range_ids]
     if ranges:
-        groups.append({"params": ranges, "weight_decay": 0.0})
+        groups.append({"params": ranges, "weight_decay": 0.0, **({"lr": range_lr} if range_lr else {})})
     torch.manual_seed(seed)
     loader = train_loader(train, tokenizer, steps, batch_size, max_length, seed)
     _, losses = train_loop(qm, loader, groups, lr, steps, warmup, desc=f"QAT {train.task}", progress=progress)

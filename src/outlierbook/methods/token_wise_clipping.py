@@ -114,7 +114,7 @@ def learn_scales(qm: QuantizedModel, batches, lr: float = 1e-5, epochs: int = 3)
     for q in quantizers:
         if not q.learnable:
             q.make_learnable(zero_point=True, grad_scaling=True)
-    params = [p for q in quantizers for p in (q.scale_param, q.zero_param) if p.requires_grad]
+    params = [p for q in quantizers for p in q.range_parameters()]
     optimizer = torch.optim.Adam(params, lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(batches), eta_min=0.0)
     qm.set_mode(weights=False, acts=True)

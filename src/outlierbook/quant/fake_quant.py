@@ -4,7 +4,9 @@ r"""The fake quantizer: a grid, a granularity and a range estimator, with observ
 ``forward(x)`` returns $\hat x$ when quantizing is on and $x$ otherwise. Ranges can be made
 learnable (``make_learnable``): LSQ learns the scale, LSQ+ also the zero point (rounded with a
 straight-through estimator), with LSQ's gradient scaling $g = 1/\sqrt{N\,q_{\max}}$ where $N$ is
-the number of elements sharing one scale.
+the number of elements sharing one scale. PACT (``make_pact``) instead learns the clipping bounds
+$[l, u]$ themselves: $\hat x = \mathrm{clip}(x, l, u)$ rounded with a straight-through estimator, so
+$\partial \hat x/\partial u = \mathbb 1[x > u]$ and $\partial \hat x/\partial l = \mathbb 1[x < l]$.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class FakeQuantizer(nn.Module):
         self.observing = False
         self.quantizing = False
         self.learnable = False
+        self.pact = False
         self.lsq_grad_scaling = True
         self.register_buffer("scale", None)
         self.register_buffer("zero", None)
@@ -69,7 +72,11 @@ class FakeQuantizer(nn.Module):
         self.set_qparams(scale, zero)
 
     def set_qparams(self, scale: torch.Tensor, zero: torch.Tensor) -> None:
-        if self.learnable:
+        if self.pact:
+            with torch.no_grad():
+                self.lo_param.copy_((self.grid.qmin - zero) * scale)
+                self.hi_param.copy_((self.grid.qmax - zero) * scale)
+        elif self.learnable:
             with torch.no_grad():
                 self.scale_param.copy_(scale)
                 self.zero_param.copy_(zero)
@@ -97,7 +104,28 @@ class FakeQuantizer(nn.Module):
         self.learnable, self.lsq_grad_scaling = True, grad_scaling
         self.scale = self.zero = None
 
+    def make_pact(self) -> None:
+        """PACT: learnable clipping bounds ``lo_param``/``hi_param`` initialised from the current range."""
+        if not self.calibrated or self.learnable:
+            raise OutlierBookError(f"node {self.name}: PACT starts from a calibrated, non-learnable range")
+        if self.granularity.axis is not None:
+            raise ConfigError(f"node {self.name}: PACT learns one per-tensor clipping range")
+        scale, zero = self.scale, self.zero
+        self.lo_param = nn.Parameter(((self.grid.qmin - zero) * scale).clone())
+        self.hi_param = nn.Parameter(((self.grid.qmax - zero) * scale).clone())
+        self.pact = self.learnable = True
+        self.scale = self.zero = None
+
+    def range_parameters(self) -> list[nn.Parameter]:
+        """The trainable range parameters (LSQ/LSQ+: scale, zero point; PACT: the two bounds)."""
+        if not self.learnable:
+            return []
+        params = (self.lo_param, self.hi_param) if self.pact else (self.scale_param, self.zero_param)
+        return [p for p in params if p.requires_grad]
+
     def current_qparams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pact:
+            return qparams(self.lo_param.detach(), self.hi_param.detach(), self.grid)
         if not self.learnable:
             return self.scale, self.zero
         scale, zero = self.scale_param, self.zero_param
@@ -115,6 +143,11 @@ class FakeQuantizer(nn.Module):
             return x
         if not self.calibrated:
             raise OutlierBookError(f"node {self.name or '?'} is set to quantize but has no range; calibrate first")
+        if self.pact:
+            lo, hi = self.lo_param, self.hi_param
+            clipped = torch.minimum(torch.maximum(x, lo), hi)
+            scale, zero = self.current_qparams(x)
+            return clipped + (fake_quantize(clipped, scale, zero, self.grid.qmin, self.grid.qmax) - clipped).detach()
         scale, zero = self.current_qparams(x)
         g = self.granularity
         return fake_quantize(x, g.expand(scale, x), g.expand(zero, x), self.grid.qmin, self.grid.qmax)

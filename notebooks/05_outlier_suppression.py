@@ -1,0 +1,463 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Outlier Suppression: Gamma Migration and Token-Wise Clipping
+#
+# {doc}`03_anatomy_of_outliers` found that the outliers of a BERT-family model sit in a few
+# embedding dimensions, that the LayerNorm scale γ shares those dimensions, and that the largest
+# values belong to a few tokens. Wei et al. {cite:p}`wei2022outlier` turn each observation into a
+# method:
+#
+# - **Gamma Migration** moves γ out of the tensor that gets quantized and into the weights that
+#   read it — an exact rewrite of the FP model;
+# - **Token-Wise Clipping** chooses clipping ranges by the share of *tokens* clipped, searched
+#   coarsely on a grid and then refined by learning the scales.
+#
+# This chapter derives both, implements them as a transform and an estimator of the book's library,
+# and reruns the paper's PTQ tables (3, 4, 14, 15), its cosine tables (1, 2, 12) and a CPU-sized
+# version of its QAT table (5).
+#
+# **Setup.** The paper's quantization positions (FasterTransformer: embedding LayerNorm, Q, K, V,
+# attention probabilities, context, MHA-LN, GELU, FFN-LN); weights symmetric per output channel,
+# embeddings at their own bit-width ("W-E-A" bits), activations asymmetric per tensor; calibration
+# on training examples in batches of 32 — 256 of them in the full profile, as in the paper.
+#
+# **What differs from the paper, and why.** The model is the embedded 6-layer all-MiniLM-L6-v2
+# (22 M parameters) instead of BERT-base/RoBERTa/BART; STS-B is evaluated zero-shot on the bare
+# encoder (so Token-Wise Clipping's output loss is the MSE of the last hidden states), the other
+# tasks with heads fine-tuned on this CPU. CoLA, MNLI, QNLI and QQP, SQuAD, XSum and CNN/DailyMail
+# are not available offline and are **not reproduced**; their numbers appear only in the paper.
+# The quick profile uses one task (SST-2), 64 calibration examples, 100 evaluation examples, at most
+# 8 candidates of the token-quantile grid and a 20-step QAT: it exercises every code path, and its
+# numbers are not comparable with the paper. Knowledge distillation is left out of QAT. The authors
+# released no EasyQuant and no QAT code; ours are written from the papers (see below).
+
+# %% tags=["parameters"]
+profile = "quick"
+model = "all-MiniLM-L6-v2"
+data_source = "local"
+tasks = ["sst2"]
+eval_limit = 100
+n_calib = 64
+twc_max_candidates = 8
+percentiles = [99.9, 99.99, 99.999]
+table4_bits = ["6-6-6", "8-8-8"]
+qat_bits = ["4-4-4"]
+qat_steps = 20
+qat_batch_size = 16
+seed = 0
+
+# %%
+from outlierbook.nbsetup import setup_notebook
+
+settings = setup_notebook(seed=seed)
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from outlierbook import claims, compare
+from outlierbook.experiments import outlier_suppression as osx
+from outlierbook.methods.token_wise_clipping import grid as twc_grid
+from outlierbook.models.tasks import task_setup
+from outlierbook.quant.calibrate import calibration_batches
+from outlierbook.results import Recorder, dumps
+
+rec = Recorder("05_outlier_suppression", profile, params=dict(
+    model=model, tasks=tasks, eval_limit=eval_limit, n_calib=n_calib, twc_max_candidates=twc_max_candidates,
+    percentiles=percentiles, table4_bits=table4_bits, qat_bits=qat_bits, qat_steps=qat_steps,
+    qat_batch_size=qat_batch_size, seed=seed))
+PAPER_NAME = {"stsb": "STS-B", "sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE"}
+cosine_task = "sst2"  # the paper's Tables 1 and 2 use BERT-SST-2
+all_tasks = list(dict.fromkeys([cosine_task, *tasks]))
+setups = {t: task_setup(t, profile, model=model, eval_limit=eval_limit, data_source=data_source, seed=seed)
+          for t in all_tasks}
+batches = {t: calibration_batches(s.calibration, s.tokenizer, n=n_calib, batch_size=32, seed=seed)
+           for t, s in setups.items()}
+migrated = {t: osx.migrated_copy(s.model) for t, s in setups.items()}
+cache = {}  # (task, method, bits) -> result, shared by the tables below
+
+# %% [markdown]
+# ## Gamma Migration
+#
+# A LayerNorm normalises each token, $\hat X = (X-\mu)/\sqrt{\sigma^2+\epsilon}$, then scales and
+# shifts it, $\tilde X = \gamma\odot\hat X + \beta$. Factor γ out (Eq. 3 of the paper):
+#
+# $$\tilde X = \gamma \odot X', \qquad X' = \hat X + \beta/\gamma .$$
+#
+# $X'$ is the output of a **non-scaling LayerNorm**. In a post-LN BERT layer every consumer of
+# $\tilde X$ is linear in it, so γ can be moved into each consumer:
+#
+# - the next Linear layer (Q, K, V after the embedding LN and after each FFN-LN; FFN1 after each
+#   MHA-LN), with $W\in\mathbb R^{m\times d}$:
+#   $$W\tilde x = W(\gamma\odot x') = \sum_j W_{:j}\,\gamma_j\,x'_j = \big(W\operatorname{diag}(\gamma)\big)\,x',$$
+#   i.e. column $j$ of $W$ is multiplied by $\gamma_j$ (Eq. 5);
+# - the shortcut of the next residual sum: $\tilde x + F(\tilde x) = \gamma\odot x' + F'(x')$ — the
+#   shortcut branch is multiplied by γ (element-wise, in FP).
+#
+# Nothing else reads $\tilde X$, so the migrated model computes **the same function** — the
+# identity is exact up to floating-point rounding. What changes is the tensor that gets quantized:
+# $X'$ instead of $\tilde X$. Where γ is large in the outlier dimensions (Outlier Suppression's
+# Fig. 1; chapter 3 measured the overlap on MiniLM), $X'$ has no such outliers, and the weights
+# absorb γ instead — weights are quantized per output channel, so a column scaling costs little.
+# The last FFN-LN feeds the pooler/head (or, for STS-B, the sentence embedding) and stays as it is.
+#
+# `outlierbook.methods.gamma_migration.migrate_gamma` implements this as an in-place transform in
+# the shape of SmoothQuant's `smooth_ln_fcs`: swap each LayerNorm for a `NonScalingLayerNorm`,
+# scale the consumers' input columns, and register a pre-hook that multiplies the shortcut by γ.
+# First the check that it is exact, on real calibration inputs of every task (claim OS-4):
+
+# %%
+migration_diff = {t: osx.migration_max_difference(setups[t].model, migrated[t], batches[t]) for t in all_tasks}
+rec.update({f"migration_max_abs_diff/{t}": v for t, v in migration_diff.items()})
+
+# %% tags=["nbval-check-output"]
+print(dumps({t: {"max_abs_diff_below_1e-4": v <= 1e-4} for t, v in migration_diff.items()}))
+
+# %% [markdown]
+# ### Why it helps: the quantization error of $\tilde X$ and $X'$ (Tables 1, 12 and 2)
+#
+# The paper measures the cosine similarity between a tensor and its 6-bit per-tensor min-max
+# quantization. For every MHA-LN and FFN-LN output of the SST-2 model on the calibration batches,
+# we compare $\tilde X$ with $X'$; then, for every FFN1 weight, the original $W$ with the
+# γ-scaled $W\operatorname{diag}(\gamma)$ (6-bit, per output channel).
+
+# %%
+ln_cos = osx.ln_cosine_table(setups[cosine_task].model, batches[cosine_task], bits=6)
+w_cos = osx.weight_cosine_table(setups[cosine_task].model, bits=6)
+rec.add_rows(ln_cos.melt(id_vars=["layer", "ln"], var_name="metric").assign(experiment="ln_cosine_6bit", task=cosine_task))
+rec.add_rows(w_cos.melt(id_vars=["layer"], var_name="metric").assign(experiment="weight_cosine_6bit", task=cosine_task))
+
+# %% tags=["nbval-check-output"]
+print(ln_cos.round(2).to_string(index=False))
+print(dumps({ln: f"X' better in {int((g.x_prime > g.x_tilde).sum())}/{len(g)} layers" for ln, g in ln_cos.groupby("ln")}))
+print(w_cos.round(2).to_string(index=False))
+
+# %%
+paper_t1 = compare.load_paper("outlier_suppression", "Table 1")
+paper_t1 = paper_t1.pivot(index="setting", columns="metric", values="value")
+paper_t1 = paper_t1.loc[[f"MHA-LN layer {i}" for i in range(12)]]
+fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
+for ax, (title, frame, xs) in zip(axes, [
+        ("ours: MiniLM, SST-2 (6 layers)", ln_cos[ln_cos.ln == "MHA-LN"], None),
+        ("paper: BERT-base, SST-2 (Table 1)", paper_t1.reset_index(drop=True), None)]):
+    ax.plot(range(len(frame)), frame["x_tilde"].to_numpy(), "o-", label=r"$\tilde X$ (LayerNorm output)")
+    ax.plot(range(len(frame)), frame["x_prime"].to_numpy(), "s-", label=r"$X'$ (non-scaling LN output)")
+    ax.axhline(99, color="grey", lw=0.8, ls="--")
+    ax.set(title=title, xlabel="layer (MHA-LN)")
+axes[0].set_ylabel("6-bit cosine similarity (%)")
+axes[0].legend(fontsize=8)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The left panel is ours, the right the paper's. Read them for the same pattern: the non-scaling
+# output $X'$ sits above $\tilde X$ in the layers where γ carries the outliers. The count printed
+# above also reports the FFN-LN outputs, which the paper's Table 12 covers for other models: on
+# MiniLM they need not follow the MHA-LN pattern — where γ does not line up with the outlier
+# dimensions, dividing by γ *creates* large values (β/γ for small γ) instead of removing them.
+# That is why Gamma Migration alone can fail to help MinMax here (Table 3 below). The weight table
+# shows the other side of the trade: absorbing γ into FFN1 changes the weights' 6-bit cosine
+# similarity by very little (the paper: at most 0.05 points).
+#
+# ## Token-Wise Clipping
+#
+# Chapter 3 showed that clipping the largest values costs nothing in FP as long as it touches only
+# a few tokens. Token-Wise Clipping picks the clipping range by that criterion (Algorithm 1).
+#
+# **Coarse stage.** For a node's activations on a calibration batch, take each token's maximum
+# $m_t = \max_j x_{t,j}$ and minimum $n_t = \min_j x_{t,j}$. For a quantile $\alpha$, the upper
+# clip $c_u$ is the $\alpha$-quantile of $\{m_t\}$ and the lower clip $c_l$ the corresponding
+# quantile of $\{n_t\}$ (by magnitude): a share $1-\alpha$ of the **tokens** gets clipped, not of
+# the values. The clips are averaged over batches and become the node's range. All nodes share one
+# $\alpha$, chosen from a grid by the loss
+#
+# $$\mathcal L(\alpha) = \sum_{\text{batches}} \big\| f_{\hat\theta(\alpha)}(x) - f(x) \big\|_2^2$$
+#
+# between the final outputs of the activation-quantized and the FP model (weights stay FP during
+# the search, attention probabilities keep min-max, as in the authors' code). The grid is the
+# authors' `cac_step_iters`: steps of 0.01 below 1, spanning 0.3 at 6 bits (0.1 at 8, 0.9 at 4).
+#
+# **Fine stage.** Starting from the coarse ranges, the scales $s$ and zero points $z$ of every
+# activation quantizer become parameters trained on the same loss with the straight-through
+# estimator (LSQ+ with LSQ's gradient scale $1/\sqrt{N q_{\max}}$): Adam, learning rate
+# $10^{-5}$, cosine annealing, three epochs over the calibration batches.
+
+# %%
+grid6 = twc_grid(6)
+print(f"6-bit grid: {len(grid6)} quantiles from {grid6[0]} down to {grid6[-1]}; this profile uses "
+      f"{len(osx.twc_candidates(6, twc_max_candidates))} of them")
+
+# %% [markdown]
+# ## Table 3: each component, at 6-6-6
+#
+# Five recipes on the same calibration batches: MinMax; MinMax on the migrated model; the coarse
+# stage; coarse + fine; and both methods together ("ours" from here on).
+
+# %%
+ABLATION = {"minmax": "MinMax", "gm+minmax": "MinMax + GM", "twc_coarse": "TWC coarse", "twc": "TWC",
+            "gm+twc": "GM + TWC"}
+bits666 = osx.Bits.parse("6-6-6")
+ablation = []
+for t in tasks:
+    ablation += osx.run_methods(setups[t], list(ABLATION), bits666, batches[t], migrated=migrated[t], cache=cache,
+                                twc_max_candidates=twc_max_candidates)
+ablation = pd.DataFrame(ablation).assign(label=lambda d: d.method.map(ABLATION))
+fp_scores = {t: setups[t].score() for t in tasks}
+table3 = ablation.pivot(index="label", columns="task", values="value").loc[list(ABLATION.values()), tasks]
+table3.loc["FP32"] = pd.Series(fp_scores)
+table3["average"] = table3[tasks].mean(axis=1)
+rec.add_rows(ablation.drop(columns=["fine_losses"], errors="ignore").assign(experiment="table3_ablation"))
+rec.update({f"table3/{label}/{t}": v for label, row in table3.iterrows() for t, v in row.items()})
+
+# %% tags=["nbval-check-output"]
+print(table3.round(2).to_string())
+
+# %%
+paper_t3 = compare.load_paper("outlier_suppression", "Table 3")
+ours_t3 = table3.reset_index().melt(id_vars="label", var_name="task").query("task != 'average'")
+ours_t3 = ours_t3.assign(setting=ours_t3.label, metric=ours_t3.task.map(PAPER_NAME))
+t3 = compare.compare(paper_t3[paper_t3.metric.isin(ours_t3.metric)], ours_t3, tol=2.0, profile=profile)
+compare.styled(t3, "ch05_table3", caption="Table 3 (paper: RoBERTa-base) beside ours (MiniLM), 6-6-6")
+
+# %% [markdown]
+# The paper's Table 3 is for RoBERTa, whose outliers are the strongest of its three models; the
+# *ordering* of the rows is the comparable quantity, not the values. The coarse search's loss over
+# the grid shows what the search sees: clipping a few per cent of the tokens lowers the output error,
+# clipping more raises it again.
+
+# %%
+from outlierbook.methods.token_wise_clipping import coarse_search
+
+t0 = tasks[0]
+qm, _ = osx.calibrate_method(setups[t0].model, migrated[t0], "gm+minmax", bits666, batches[t0])
+search = coarse_search(qm, batches[t0], osx.twc_candidates(6, twc_max_candidates))
+qm.remove()
+losses = pd.Series(search["losses"]).sort_index()
+rec.update({f"coarse_loss/{t0}/{p}": v for p, v in losses.items()})
+fig, ax = plt.subplots(figsize=(6, 3))
+ax.plot(100 * (1 - losses.index), losses.to_numpy(), "o-")
+ax.axvline(100 * (1 - search["best_p"]), color="C3", ls="--", lw=1, label="chosen")
+ax.set(xlabel="tokens clipped per node (%)", ylabel="output MSE (sum over batches)", yscale="log",
+       title=f"Coarse stage on the migrated model ({PAPER_NAME[t0]}, 6-bit)")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# ## Table 4: against the other calibration methods, at 8-8-8 and 6-6-6
+#
+# Baselines, all on the same batches and positions: **MinMax**; **OMSE** (golden-section search of
+# the quantization MSE per node); **Percentile** (best of 99.9 / 99.99 / 99.999 % on the evaluation
+# set, as the paper did — which flatters it); **EasyQuant** and **PEG**.
+#
+# *EasyQuant* (Wu et al. 2020) alternately searches, per Linear layer, the activation scale and the
+# weight scale that maximise the cosine similarity of the layer's output with the FP output. The
+# authors did not release their implementation; ours (`methods/easyquant.py`) searches multipliers
+# in $[0.5, 1]$ of the min-max scales, two alternations, on inputs recorded from the FP model, and
+# leaves the attention-internal nodes at min-max. *PEG* (from the 2021 paper, chapter 4) here uses
+# $K=6$ groups with range-based permutation on the three LayerNorm outputs of this placement.
+
+# %%
+METHODS4 = {"minmax": "MinMax", "omse": "OMSE", **{f"percentile:{p}": f"percentile:{p}" for p in percentiles},
+            "easyquant": "EasyQuant", "peg": "PEG (K=6, permuted)", "gm+twc": "Ours (GM + TWC)"}
+rows4 = []
+for b in table4_bits:
+    for t in tasks:
+        rows = osx.run_methods(setups[t], list(METHODS4), osx.Bits.parse(b), batches[t], migrated=migrated[t],
+                               cache=cache, twc_max_candidates=twc_max_candidates)
+        rows4 += [r for r in rows if not r["method"].startswith("percentile:")] + [osx.best_percentile(rows)]
+table4_long = pd.DataFrame(rows4).assign(label=lambda d: d.method.map(METHODS4).fillna("Percentile (best on dev)"))
+rec.add_rows(table4_long.drop(columns=["fine_losses"], errors="ignore").assign(experiment="table4_ptq"))
+table4 = table4_long.pivot_table(index=["bits", "label"], columns="task", values="value")[tasks]
+table4["average"] = table4.mean(axis=1)
+for t in tasks:
+    table4.loc[("32-32-32", "FP32"), t] = fp_scores[t]
+table4.loc[("32-32-32", "FP32"), "average"] = sum(fp_scores.values()) / len(fp_scores)
+rec.update({f"table4/{b}/{label}/{t}": v for (b, label), row in table4.iterrows() for t, v in row.items()})
+
+# %% tags=["nbval-check-output"]
+print(table4.round(2).to_string())
+
+# %%
+paper_t4 = compare.load_paper("outlier_suppression", "Table 4")
+NAME4 = {"MinMax": "MinMax", "OMSE": "OMSE", "Percentile (best on dev)": "Percentile", "EasyQuant": "EasyQuant",
+         "PEG (K=6, permuted)": "PEG*", "Ours (GM + TWC)": "Ours", "FP32": "FP32"}
+ours_t4 = table4.drop(columns="average").reset_index().melt(id_vars=["bits", "label"], var_name="task")
+ours_t4 = ours_t4.assign(setting=ours_t4.label.map(NAME4) + " " + ours_t4.bits, metric=ours_t4.task.map(PAPER_NAME))
+t4 = compare.compare(paper_t4[paper_t4.metric.isin(ours_t4.metric)], ours_t4, tol=2.0, profile=profile)
+compare.styled(t4, "ch05_table4", caption="Table 4 (paper: BERT-base) beside ours (MiniLM); PEG* used PEG's own positions")
+
+# %% [markdown]
+# ## Tables 14 and 15: how long does calibration take?
+#
+# The paper reports wall-clock activation calibration on 256 samples: TWC's coarse stage
+# (30-point grid) 136 s against 1754 s for OMSE by grid search. We time every method above on the
+# same batches in this run (`seconds` excludes evaluation). Our "OMSE" is the golden-section search;
+# the grid variant (100 candidates per node) is timed separately below. Timings depend on the
+# machine and vary between runs, so they are printed, not checked.
+
+# %%
+t0 = tasks[0]
+timed = osx.run_methods(setups[t0], ["mse_grid"], bits666, batches[t0], cache=cache)
+timing_rows = [r for r in cache.values() if r["task"] == t0 and r["bits"] == "6-6-6"] + timed
+timing = pd.DataFrame(timing_rows)[["method", "value", "seconds"]].drop_duplicates("method").set_index("method")
+timing["candidates"] = [cache.get((t0, m, "6-6-6"), {}).get("n_candidates") for m in timing.index]
+rec.update({f"calibration_seconds/{t0}/{m}": v for m, v in timing["seconds"].items()})
+print(f"{PAPER_NAME[t0]}, 6-6-6, {n_calib} calibration examples:")
+print(timing.round(2).to_string())
+
+# %% [markdown]
+# ## Table 5: quantization-aware training at 4-bit weights
+#
+# QAT fine-tunes the weights and the quantizers' ranges together through the straight-through
+# estimator, on the task's training data. Three initialisations and range parameterisations:
+#
+# - **LSQ+** from MinMax ranges (scales and zero points learned, LSQ gradient scaling);
+# - **PACT** from MinMax ranges: the activation clipping bounds $[l, u]$ are the parameters,
+#   $\partial\hat x/\partial u = \mathbb 1[x>u]$ (weights keep LSQ scales);
+# - **ours**: Gamma Migration + TWC's coarse stage, then LSQ+.
+#
+# The same training loop as fine-tuning (Accelerate, AdamW, warm-up and linear decay), on SST-2,
+# without knowledge distillation.
+
+# %%
+qat_rows = []
+for b in qat_bits:
+    for variant in osx.QAT_VARIANTS:
+        qat_rows.append(osx.qat_variant(setups["sst2"], variant, osx.Bits.parse(b), batches["sst2"], steps=qat_steps,
+                                        batch_size=qat_batch_size, seed=seed, twc_max_candidates=twc_max_candidates))
+table5 = pd.DataFrame(qat_rows)
+rec.add_rows(table5.assign(experiment="table5_qat"))
+rec.update({f"table5/{r.bits}/{r.variant}/{k}": getattr(r, k) for r in table5.itertuples() for k in ("ptq_init", "value")})
+
+# %% tags=["nbval-check-output"]
+print(table5[["bits", "variant", "ptq_init", "value"]].round(2).to_string(index=False))
+
+# %%
+paper_t5 = compare.load_paper("outlier_suppression", "Table 5")
+VAR5 = {"LSQ+": "LSQ+", "PACT": "PACT", "Ours (GM + TWC coarse → LSQ+)": "Ours"}
+ours_t5 = table5.assign(setting=table5.variant.map(VAR5) + " " + table5.bits, metric="SST-2")
+t5 = compare.compare(paper_t5[paper_t5.metric == "SST-2"], ours_t5, tol=2.0, profile=profile)
+compare.styled(t5, "ch05_table5", caption="Table 5 (paper: BERT-base, SST-2) beside ours (MiniLM, SST-2, CPU budget)")
+
+# %% [markdown]
+# ## Claim checks
+#
+# The rules are fixed in `../shared/claims.md`; the averages are over the tasks this profile ran.
+
+# %%
+claims.check(rec, "OS-4", ours={t: f"{v:.2e}" for t, v in migration_diff.items()}, paper="exact (Eq. 4–5)",
+             holds=all(v <= 1e-4 for v in migration_diff.values()), note="max |Δ output| on calibration inputs")
+
+mha = ln_cos[ln_cos.ln == "MHA-LN"]
+better = int((mha.x_prime > mha.x_tilde).sum())
+claims.check(rec, "OS-2", ours={"MHA-LN layers where X' > X~": f"{better}/{len(mha)}"},
+             paper="Table 1: X' higher in 12/12 MHA-LN layers (93.3–98.6 → 98.7–99.4 %)",
+             holds=better > len(mha) / 2, note="most = more than half of the MHA-LN layers; SST-2 model")
+
+w_drop = (w_cos.original - w_cos.gamma_scaled).max()
+claims.check(rec, "OS-3", ours={"largest drop (points)": round(float(w_drop), 3)}, paper="≤ 0.05 points (Table 2)",
+             holds=bool(w_drop <= 0.1), note="6-bit per-channel FFN1 weights, every layer")
+
+avg3 = table3["average"]
+claims.check(rec, "OS-7", ours={k: round(float(v), 2) for k, v in avg3.items()},
+             paper="RoBERTa 6-6-6: MinMax < MinMax+GM; TWC < GM+TWC on every task",
+             holds=bool(avg3["MinMax"] < avg3["MinMax + GM"] and avg3["TWC"] < avg3["GM + TWC"]),
+             note=f"averages over {', '.join(tasks)}")
+
+avg4 = table4["average"]
+six = avg4.xs("6-6-6", level="bits")
+eight = avg4.xs("8-8-8", level="bits") if "8-8-8" in table4_bits else None
+fp_avg = float(table4.loc[("32-32-32", "FP32"), "average"])
+others6 = six.drop(["Ours (GM + TWC)"])
+os8_ours = {"6-6-6 ours": float(six["Ours (GM + TWC)"]), "6-6-6 best other": float(others6.max()),
+            "gap to FP (6-6-6)": fp_avg - float(six["Ours (GM + TWC)"])}
+if eight is not None:
+    os8_ours["gap to FP (8-8-8 ours)"] = fp_avg - float(eight["Ours (GM + TWC)"])
+claims.check(rec, "OS-8", ours=os8_ours, paper="BERT avg: ours 81.19 vs FP 83.83 at 6-6-6 (gap 2.64); 8-8-8 83.96",
+             holds=bool(six["Ours (GM + TWC)"] >= others6.max()
+                        and (eight is None or fp_avg - eight["Ours (GM + TWC)"] <= 1.0)),
+             note="best on the average at 6-6-6 (ties count) and 8-8-8 within 1 point of FP")
+
+t_coarse = cache[(tasks[0], "twc_coarse", "6-6-6")]["seconds"]
+t_grid = cache[(tasks[0], "mse_grid", "6-6-6")]["seconds"]
+claims.check(rec, "OS-9", ours={"TWC coarse (s)": round(t_coarse, 1), "OMSE grid (s)": round(t_grid, 1),
+                                "candidates": cache[(tasks[0], "twc_coarse", "6-6-6")]["n_candidates"]},
+             paper="135.7 s vs 1754 s (Table 15)", holds=t_coarse < t_grid,
+             note=f"{PAPER_NAME[tasks[0]]}, same {n_calib} examples, one run; wall-clock, not a checked output")
+
+q444 = table5[table5.bits == "4-4-4"].set_index("variant")["value"]
+claims.check(rec, "OS-10", ours={k: round(float(v), 2) for k, v in q444.items()},
+             paper="SST-2 4-4-4: ours 91.86 vs LSQ+ 82.34 / PACT 83.03",
+             holds=bool(q444["Ours (GM + TWC coarse → LSQ+)"] > q444["LSQ+"]),
+             note=f"{qat_steps} QAT steps of {qat_batch_size}; {profile} profile")
+
+# %% tags=["nbval-check-output"]
+print(dumps({c["id"]: c["holds"] for c in rec.claims if c["id"] != "OS-9"}))
+
+# %%
+rec.save(extra_run_info={"settings": settings})
+print("results written for", rec.chapter, rec.profile)
+
+# %% [markdown]
+# ## What the results say
+#
+# Read the claim table above together with the tables: where a claim fails at our scale, the
+# tables show by how much. Two failures have reasons worth stating. **OS-9 (calibration time)**
+# compares implementations as much as algorithms: the coarse stage must run the whole model once
+# per candidate quantile (calibrate, then measure the output loss), while our MSE grid search
+# evaluates all 100 candidates of a node on one pooled sample in a single vectorised pass, without
+# re-running the model. The authors' OMSE loops over candidates and batches, hence their 1754 s.
+# **OS-7 (every component helps)** depends on Gamma Migration helping MinMax, which requires γ to
+# carry the outlier dimensions of the LN output — true for the MHA-LN outputs of MiniLM, not
+# uniformly for its FFN-LN outputs (see the cosine table). A 6-layer, 384-wide sentence encoder has milder outliers than
+# BERT-base (chapter 3), so MinMax loses less at 6 bits and every method has less to recover; with
+# the quick profile's 100 evaluation examples one example is one point. The full profile's results
+# (all four tasks, every dev example, 256 calibration examples, the whole quantile grid, 250 QAT
+# steps at both bit-widths) are stored in `results/05_outlier_suppression/full/` and regenerate with
+#
+# ```bash
+# .venv/bin/python -m outlierbook run 05_outlier_suppression --profile full
+# ```
+#
+# ## Exercises
+#
+# 1. Apply Gamma Migration to the embedding LayerNorm only (`migrate_gamma(m, ffn_ln=False,
+#    mha_ln=False)`). Which nodes' 6-bit cosine similarity changes, and which cannot?
+# 2. Token-Wise Clipping clips a share of *tokens*. Write the value-wise alternative (clip the
+#    same share of all values with the `percentile` estimator) and compare the ranges it picks on
+#    a tensor with one outlier token.
+# 3. Why are the attention probabilities exempt from the coarse search?
+#
+# ```{admonition} Solution 1
+# :class: dropdown
+# Only `embeddings.ln` changes: it now outputs $X'$ without γ's outliers, and Q, K, V of layer 0
+# absorb γ. The MHA-LN and FFN-LN outputs are computed by their own LayerNorms, which keep γ, so
+# their quantization error is unchanged; the model's FP function is unchanged everywhere. Compare
+# with `osx.ln_cosine_table` on both models and `quantized_cosine` on the embedding LN output.
+# ```
+#
+# ```{admonition} Solution 2
+# :class: dropdown
+# Build `x = torch.randn(1000, 384); x[7, 5] = 60` and compare `TokenWiseClip(0.99)` with
+# `Percentile(99.0)` (`quant.estimators`). The outlier token is 0.1 % of the tokens but only
+# 0.0003 % of the values: the token-wise clip at 0.99 removes it, a value-wise 99th percentile
+# clips one value in a hundred of *every* token — much more aggressive on ordinary values while
+# set by the bulk, not by the tokens that carry the outliers.
+# ```
+#
+# ```{admonition} Solution 3
+# :class: dropdown
+# Probabilities live in $[0, 1]$ and rows sum to one; the large ones carry the attention pattern
+# (chapter 3's delimiter heads put almost all mass on one token). Clipping them changes which
+# tokens a head reads, and their range is bounded anyway, so min-max is already tight.
+# ```
