@@ -60,6 +60,16 @@ CHAPTERS: tuple[Chapter, ...] = (
         profiles={"quick": {}, "full": {"n_sentences": 512, "eval_limit": None}},
     ),
     Chapter(
+        id="04_understanding",
+        title="Understanding and overcoming: mixed precision, per-embedding groups, QAT",
+        needs=("sst2", "mrpc", "rte", "stsb"),
+        profiles={"quick": {}, "full": {
+            "problem_tasks": ["stsb", "sst2", "mrpc", "rte"], "eval_limit": None, "seeds": [0, 1, 2, 3, 4],
+            "act_settings": [["current_minmax", 1, 1], ["running_minmax", 1, 16], ["running_minmax", 4, 16],
+                             ["running_minmax", 16, 16], ["mse", 4, 4]],
+            "lowbit_tasks": ["sst2", "stsb"], "qat_steps": 300, "qat_batch_size": 32}},
+    ),
+    Chapter(
         id="05_outlier_suppression",
         title="Outlier Suppression: Gamma Migration and Token-Wise Clipping",
         needs=("sst2", "mrpc", "rte"),

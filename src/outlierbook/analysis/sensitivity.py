@@ -47,9 +47,10 @@ def node_cosine(qm: QuantizedModel, batches) -> pd.DataFrame:
 
 @contextlib.contextmanager
 def fp32_kinds(qm: QuantizedModel, kinds):
-    """Temporarily leave every activation node of the given kinds unquantized."""
+    """Temporarily leave every activation node of the given kinds (or node names) unquantized."""
     kinds = {kinds} if isinstance(kinds, str) else set(kinds)
-    touched = [n.quantizer for n in qm.act_nodes.values() if n.kind in kinds and n.quantizer is not None]
+    touched = [n.quantizer for n in qm.act_nodes.values()
+               if (n.kind in kinds or n.name in kinds) and n.quantizer is not None]
     before = [q.quantizing for q in touched]
     for q in touched:
         q.quantizing = False

@@ -232,10 +232,11 @@ class TaskSetup:
     eval_data: TaskData
     calibration: TaskData
     metric: str
+    zero_shot: bool = False  # STS-B on the bare encoder (cosine of mean-pooled embeddings)
 
     def evaluate(self, model=None) -> dict:
         model = self.model if model is None else model
-        if self.task == "stsb":
+        if self.zero_shot:
             return stsb_zero_shot(model, self.tokenizer, self.eval_data)
         return evaluate(model, self.tokenizer, self.eval_data)
 
@@ -252,16 +253,24 @@ def subsample(data: TaskData, limit: int | None, seed: int = 0) -> TaskData:
 
 
 def task_setup(task: str, profile: str, model: str = EMBEDDED, split: str = "dev", eval_limit: int | None = None,
-               data_source: str = "local", seed: int = 0) -> TaskSetup:
+               data_source: str = "local", seed: int = 0, stsb_head: bool = False) -> TaskSetup:
+    """FP model, evaluation data, calibration pool and metric of one task.
+
+    STS-B is zero-shot on the bare encoder unless ``stsb_head=True``: then a regression head is
+    fine-tuned on STS-B's training pairs (cached like the classifiers) and evaluated by Spearman.
+    """
     spec = task_spec(task)
     tokenizer = load_tokenizer(model)
     eval_data = subsample(load_task(spec.name, split, source=data_source), eval_limit, seed)
     train = load_task(spec.name, "train", source=data_source)
+    if spec.name == "stsb" and stsb_head:
+        head = get_finetuned(budget("stsb", profile, model=model, seed=seed), data_source=data_source)
+        return TaskSetup("stsb", head, tokenizer, eval_data, train, "spearman")
     if spec.name == "stsb":
         from .load import load_encoder
 
         sentences = [s for pair in zip(train.text_a, train.text_b) for s in pair]
         calibration = TaskData("stsb", "train", sentences, None, [0.0] * len(sentences))
-        return TaskSetup("stsb", load_encoder(model), tokenizer, eval_data, calibration, "spearman")
+        return TaskSetup("stsb", load_encoder(model), tokenizer, eval_data, calibration, "spearman", zero_shot=True)
     head = get_finetuned(budget(spec.name, profile, model=model, seed=seed), data_source=data_source)
     return TaskSetup(spec.name, head, tokenizer, eval_data, train, "accuracy")

@@ -1,0 +1,268 @@
+"""The 2021 chapter's experiments (Bondarenko et al.): range-setting search, leave-one-out, mixed
+precision, per-embedding-group PTQ, QAT and low-bit weights — all on the 2021 placement.
+
+Common setup (the paper's §5): every Linear output, residual sum, LayerNorm output and the softmax
+input/output quantized; weights symmetric **per tensor**, activations asymmetric per tensor, static
+ranges. Unless a function says otherwise, activation ranges come from current min-max on a
+single training sequence, and each number is the median over calibration seeds (which sequence).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from ..analysis.sensitivity import fp32_kinds
+from ..errors import ConfigError
+from ..methods.peg import FFN_KINDS, peg_config, set_range_permutations
+from ..nbsetup import progress_enabled
+from ..quant.calibrate import calibrate, calibration_batches
+from ..quant.nodes import QuantizedModel, quantize_model
+
+# Activation kinds whose output has the hidden size d (PEG's per-embedding "all" setting).
+HIDDEN_KINDS = ("embeddings.sum", "embeddings.ln", "attention.q", "attention.k", "attention.v", "attention.context",
+                "attention.output", "attention.residual", "attention.ln", "ffn.output", "ffn.residual", "ffn.ln")
+WORD_EMBEDDINGS = "weight:*word_embeddings"
+
+
+@dataclass(frozen=True)
+class RangeSetting:
+    """One point of the paper's Appendix B.2 search: weight estimator, activation estimator, bs × nb."""
+
+    weights: str = "current_minmax"
+    acts: str = "current_minmax"
+    batch_size: int = 1
+    n_batches: int = 1
+
+    @property
+    def label(self) -> str:
+        w = {"current_minmax": "min-max"}.get(self.weights, self.weights)
+        a = self.acts.replace("_", " ")
+        return f"W {w} | A {a} (bs={self.batch_size}, nb={self.n_batches})"
+
+
+def range_grid(weights=("current_minmax", "mse"), acts=(("current_minmax", 1, 1),)) -> list[RangeSetting]:
+    """All combinations of weight estimators and ``(act estimator, bs, nb)`` triples."""
+    return [RangeSetting(w, a, bs, nb) for w in weights for a, bs, nb in acts]
+
+
+def wrap(model, weight_bits=8, act_bits=8, setting: RangeSetting = RangeSetting(), config: dict | None = None,
+         weight_axis=None) -> QuantizedModel:
+    return quantize_model(model, placement="bondarenko", weight_bits=weight_bits, act_bits=act_bits,
+                          act_estimator=setting.acts, weight_estimator=setting.weights, weight_axis=weight_axis,
+                          config=config)
+
+
+def batches_for(setup, setting: RangeSetting, seed: int):
+    return calibration_batches(setup.calibration, setup.tokenizer, n=setting.batch_size * setting.n_batches,
+                               batch_size=setting.batch_size, seed=seed)
+
+
+def _progress(items, desc):
+    return tqdm(items, desc=desc, disable=not progress_enabled())
+
+
+# ------------------------------------------------------------------ Table 1 with the B.2 search
+
+MODES = {"W8A8": (True, True), "W32A8": (False, True), "W8A32": (True, False)}
+
+
+def range_search(setup, grid: list[RangeSetting], seeds) -> pd.DataFrame:
+    """W8A8 / W32A8 / W8A32 for every range setting and seed (long format: setting, seed, mode, value)."""
+    rows = []
+    for setting in _progress(grid, f"range search {setup.task}"):
+        for seed in seeds:
+            qm = wrap(setup.model, setting=setting)
+            try:
+                calibrate(qm, batches_for(setup, setting, seed))
+                for mode, (w, a) in MODES.items():
+                    rows.append({"task": setup.task, "setting": setting.label, "seed": seed, "mode": mode,
+                                 "value": setup.score(qm.set_mode(w, a))})
+            finally:
+                qm.remove()
+    return pd.DataFrame(rows)
+
+
+def best_setting(search: pd.DataFrame) -> pd.DataFrame:
+    """Per task, the setting with the best median W8A8 score, and its median W8A8/W32A8/W8A32."""
+    med = search.groupby(["task", "setting", "mode"], sort=False)["value"].median().unstack("mode")
+    best = med.loc[med.groupby("task", sort=False)["W8A8"].idxmax()]
+    return best.reset_index()
+
+
+# ------------------------------------------------------------------ Table 2: leave-one-out
+
+def leave_one_out_groups(n_layers: int) -> dict[str, list[str]]:
+    return {
+        "all": [],
+        "all, except softmax input": ["attention.scores"],
+        "all, except sum of embeddings": ["embeddings.sum"],
+        "all, except self-attention output": ["attention.output"],
+        "all, except softmax output": ["attention.probs"],
+        "all, except residual connections after FFN": ["ffn.residual"],
+        f"same as above, but for layers {n_layers - 2}, {n_layers - 1} only":
+            [f"layer{n_layers - 2}.ffn.residual", f"layer{n_layers - 1}.ffn.residual"],
+    }
+
+
+def leave_one_out(setup, seeds) -> pd.DataFrame:
+    """W32A8 (current min-max, one sequence) with one activation kind at a time left in FP32."""
+    groups = None
+    per: dict[str, list[float]] = {}
+    for seed in _progress(list(seeds), f"leave-one-out {setup.task}"):
+        qm = wrap(setup.model)
+        try:
+            groups = groups or leave_one_out_groups(len(qm.parts.layers))
+            calibrate(qm, batches_for(setup, RangeSetting(), seed))
+            qm.set_mode(weights=False, acts=True)
+            for label, kinds in groups.items():
+                with fp32_kinds(qm, kinds):
+                    per.setdefault(label, []).append(setup.score(qm))
+        finally:
+            qm.remove()
+    return pd.DataFrame([{"task": setup.task, "quantized activations": k, "value": statistics.median(v)}
+                         for k, v in per.items()])
+
+
+# ------------------------------------------------------------------ Table 4: mixed precision
+
+def output_nodes(qm: QuantizedModel) -> list[str]:
+    """The model's final output node(s): pooler + logits for a classifier, the last LN for a bare encoder."""
+    names = [n for n in ("pooler.output", "classifier.output") if n in qm.node_names()]
+    if "classifier.output" not in names:
+        names.append(f"layer{len(qm.parts.layers) - 1}.ffn.ln")
+    return names
+
+
+def mixed_precision_configs(qm: QuantizedModel) -> dict[str, dict]:
+    star = {"ffn.residual": 16}
+    dagger = {**star, "attention.ln": 16, "ffn.output": 16}
+    return {"W8A8 PTQ": {}, "MP-PTQ*": star, "MP-PTQ*†": dagger,
+            "MP-PTQ*†‡": {**dagger, **{n: 16 for n in output_nodes(qm)}}}
+
+
+def sixteen_bit_share(qm: QuantizedModel) -> tuple[int, int]:
+    acts = qm.activation_quantizers()
+    return sum(q.grid.bits == 16 for q in acts), len(acts)
+
+
+def configured_ptq(setup, seeds, configs: dict[str, dict], weight_bits=8, act_bits=8, perm_batches=None,
+                   peg_kinds: dict[str, tuple] | None = None, desc="PTQ") -> pd.DataFrame:
+    """Median W{weight_bits}A{act_bits} score of each named node config (current min-max, one sequence).
+
+    ``peg_kinds`` maps a config name to the kinds whose PEG groups get a range-based permutation,
+    computed on ``perm_batches`` of the FP model before calibration.
+    """
+    rows = []
+    for label, config in _progress(list(configs.items()), f"{desc} {setup.task}"):
+        values, share = [], None
+        for seed in seeds:
+            qm = wrap(setup.model, weight_bits, act_bits, config=config)
+            try:
+                if peg_kinds and label in peg_kinds:
+                    set_range_permutations(qm, perm_batches, kinds=peg_kinds[label])
+                calibrate(qm, batches_for(setup, RangeSetting(), seed))
+                values.append(setup.score(qm.set_mode(weights=True, acts=True)))
+                share = sixteen_bit_share(qm)
+            finally:
+                qm.remove()
+        rows.append({"task": setup.task, "config": label, "value": statistics.median(values),
+                     "16-bit quantizers": share[0], "activation quantizers": share[1]})
+    return pd.DataFrame(rows)
+
+
+def mixed_precision(setup, seeds) -> pd.DataFrame:
+    qm = wrap(setup.model)
+    configs = mixed_precision_configs(qm)
+    qm.remove()
+    return configured_ptq(setup, seeds, configs, desc="mixed precision")
+
+
+# ------------------------------------------------------------------ Table 5: PEG
+
+def peg_configs(hidden: int) -> tuple[dict[str, dict], dict[str, tuple]]:
+    """Table 5's rows: node configs and which of them use the range-based permutation."""
+    configs = {
+        "1 (=per-tensor)": {},
+        f"{hidden} (=per-embd.)": peg_config(None, HIDDEN_KINDS),
+        f"{hidden} (only FFN)": peg_config(None, FFN_KINDS),
+        "6 (only FFN)": peg_config(6, FFN_KINDS),
+        "3 (only FFN)": peg_config(3, FFN_KINDS),
+        "3 + P (only FFN)": peg_config(3, FFN_KINDS),
+        "6 + P (only FFN)": peg_config(6, FFN_KINDS),
+    }
+    return configs, {"3 + P (only FFN)": FFN_KINDS, "6 + P (only FFN)": FFN_KINDS}
+
+
+def peg_table(setup, seeds, perm_batches) -> pd.DataFrame:
+    configs, permuted = peg_configs(setup.model.config.hidden_size)
+    return configured_ptq(setup, seeds, configs, perm_batches=perm_batches, peg_kinds=permuted, desc="PEG")
+
+
+# ------------------------------------------------------------------ QAT and low-bit weights
+
+def low_bit_config(embedding_bits: int | None = None) -> dict:
+    """MSE ranges for low-bit weights (the paper's choice below 8 bits); optional word-embedding bits."""
+    cfg = {"weight:*": {"estimator": "mse"}}
+    if embedding_bits is not None:
+        cfg[WORD_EMBEDDINGS] = {"bits": embedding_bits, "estimator": "mse"}
+    return cfg
+
+
+def qat_run(setup, weight_bits=8, act_bits=8, config: dict | None = None, steps: int = 100, batch_size: int = 32,
+            lr: float = 2e-5, seed: int = 0, init_batch: int = 16, progress: bool = True) -> dict:
+    """QAT of a copy of the FP model, ranges initialised by PTQ (current min-max on one batch of
+    ``init_batch`` training examples, as the authors' QAT README does) and then learned."""
+    from ..methods.qat import qat
+
+    if setup.zero_shot:
+        raise ConfigError("QAT needs a trained head; use task_setup(..., stsb_head=True) for STS-B")
+    model = copy.deepcopy(setup.model)
+    qm = wrap(model, weight_bits, act_bits, config=config)
+    try:
+        calibrate(qm, calibration_batches(setup.calibration, setup.tokenizer, init_batch, init_batch, seed))
+        ptq_value = setup.score(qm.set_mode(weights=True, acts=True))
+        losses = qat(qm, setup.calibration, setup.tokenizer, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                     progress=progress)
+        qm.eval()
+        value = setup.score(qm)
+    finally:
+        qm.remove()
+    return {"task": setup.task, "weight_bits": weight_bits, "act_bits": act_bits, "ptq": ptq_value, "value": value,
+            "final_loss": sum(losses[-10:]) / max(len(losses[-10:]), 1), "steps": steps}
+
+
+def weight_ptq(setup, weight_bits: int, seeds, config: dict | None = None) -> float:
+    """W{bits}A32 PTQ with MSE weight ranges (median over seeds; only the weights are quantized)."""
+    values = []
+    for seed in seeds:
+        qm = wrap(setup.model, weight_bits, None, config=config or low_bit_config())
+        try:
+            calibrate(qm, batches_for(setup, RangeSetting(), seed))
+            values.append(setup.score(qm.set_mode(weights=True, acts=False)))
+        finally:
+            qm.remove()
+    return statistics.median(values)
+
+
+def memory_reduction(model: torch.nn.Module, weight_bits: int, word_embedding_bits: int | None = None) -> dict:
+    """FP32 size over quantized size, from the model's actual parameter counts.
+
+    ``weights only``: the quantized tensors (Linear weights and embedding tables) — the paper's
+    definition (×8.00 for 4-bit weights); ``whole model``: biases and LayerNorm parameters kept in FP32.
+    """
+    quantized_bits = fp_bits = other = 0
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            n = module.weight.numel()
+            bits = word_embedding_bits if (word_embedding_bits and name.endswith("word_embeddings")) else weight_bits
+            quantized_bits += bits * n
+            fp_bits += 32 * n
+    total = sum(p.numel() for p in model.parameters())
+    other = 32 * total - fp_bits
+    return {"weights only": fp_bits / quantized_bits, "whole model": 32 * total / (quantized_bits + other)}

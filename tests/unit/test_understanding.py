@@ -1,0 +1,79 @@
+"""The 2021 chapter's experiment helpers: node groups, mixed precision, PEG rows, memory reduction."""
+
+import pytest
+import torch
+
+from outlierbook.analysis.sensitivity import fp32_kinds
+from outlierbook.experiments import understanding as ux
+from outlierbook.quant.calibrate import calibrate
+
+
+def test_memory_reduction_matches_a_hand_count():
+    model = torch.nn.Module()
+    model.word_embeddings = torch.nn.Embedding(10, 4)  # the name selects the embedding bit-width
+    model.dense = torch.nn.Linear(4, 3)
+    n_emb, n_lin, n_bias = 40, 12, 3
+    r = ux.memory_reduction(model, 4)
+    assert r["weights only"] == pytest.approx(32 * (n_emb + n_lin) / (4 * (n_emb + n_lin)))
+    assert r["whole model"] == pytest.approx(32 * (n_emb + n_lin + n_bias) / (4 * (n_emb + n_lin) + 32 * n_bias))
+    r2 = ux.memory_reduction(model, 4, word_embedding_bits=2)
+    assert r2["weights only"] == pytest.approx(32 * 52 / (2 * n_emb + 4 * n_lin))
+
+
+def test_leave_one_out_groups_name_real_nodes_and_fp32_by_name(tiny_bert):
+    model, batch = tiny_bert
+    qm = ux.wrap(model)
+    groups = ux.leave_one_out_groups(len(qm.parts.layers))
+    assert groups["same as above, but for layers 0, 1 only"] == ["layer0.ffn.residual", "layer1.ffn.residual"]
+    names = set(qm.node_names())
+    for kinds in groups.values():
+        assert all(k in names or any(n.endswith("." + k) or n == k for n in names) for k in kinds)
+    calibrate(qm, [batch])
+    qm.set_mode(False, True)
+    with fp32_kinds(qm, ["layer1.ffn.residual"]):
+        assert not qm.node("layer1.ffn.residual").quantizer.quantizing
+        assert qm.node("layer0.ffn.residual").quantizer.quantizing
+    assert qm.node("layer1.ffn.residual").quantizer.quantizing
+    qm.remove()
+
+
+def test_mixed_precision_configs_count_sixteen_bit_quantizers(tiny_bert):
+    model, _ = tiny_bert
+    qm = ux.wrap(model)
+    configs = ux.mixed_precision_configs(qm)
+    assert ux.output_nodes(qm) == ["pooler.output", "classifier.output"]
+    qm.remove()
+    counts = {}
+    for label, cfg in configs.items():
+        q = ux.wrap(model, config=cfg)
+        counts[label] = ux.sixteen_bit_share(q)
+        q.remove()
+    n_layers = 2
+    assert counts["W8A8 PTQ"][0] == 0
+    assert counts["MP-PTQ*"][0] == n_layers
+    assert counts["MP-PTQ*†"][0] == 3 * n_layers
+    assert counts["MP-PTQ*†‡"][0] == 3 * n_layers + 2
+    assert len({c[1] for c in counts.values()}) == 1  # same number of quantizers throughout
+
+
+def test_peg_rows_configure_groups_and_permutation_kinds(tiny_bert):
+    model, _ = tiny_bert
+    configs, permuted = ux.peg_configs(16)
+    assert set(permuted) == {"3 + P (only FFN)", "6 + P (only FFN)"}
+    q = ux.wrap(model, config={"attention.ln": {"axis": -1, "groups": 4}})
+    g = q.node("layer0.attention.ln").quantizer.granularity
+    assert g.axis == -1 and g.groups == 4
+    q.remove()
+    assert configs["16 (=per-embd.)"]["ffn.ln"] == {"axis": -1, "groups": None}
+    assert "ffn.ln" not in configs["16 (only FFN)"]
+
+
+def test_range_grid_labels_and_qat_refuses_zero_shot():
+    from outlierbook.errors import ConfigError
+    from outlierbook.models.tasks import TaskSetup
+
+    grid = ux.range_grid(weights=("current_minmax", "mse"), acts=(("running_minmax", 4, 16),))
+    assert [g.label for g in grid] == ["W min-max | A running minmax (bs=4, nb=16)", "W mse | A running minmax (bs=4, nb=16)"]
+    setup = TaskSetup("stsb", None, None, None, None, "spearman", zero_shot=True)
+    with pytest.raises(ConfigError, match="stsb_head"):
+        ux.qat_run(setup)
