@@ -412,14 +412,14 @@ print("results written for", rec.chapter, rec.profile)
 # ## What the results say
 #
 # Read the claim table above together with the tables: where a claim fails at our scale, the
-# tables show by how much. Two failures have reasons worth stating. **OS-9 (calibration time)**
-# compares implementations as much as algorithms: the coarse stage must run the whole model once
+# tables show by how much. Two claims depend on more than the algorithm. **OS-9 (calibration
+# time)** compares implementations as much as algorithms: the coarse stage must run the whole model once
 # per candidate quantile (calibrate, then measure the output loss), while our MSE grid search
 # evaluates all 100 candidates of a node on one pooled sample in a single vectorised pass, without
 # re-running the model. The authors' OMSE loops over candidates and batches, hence their 1754 s.
-# **OS-7 (every component helps)** depends on Gamma Migration helping MinMax, which requires γ to
-# carry the outlier dimensions of the LN output — true for the MHA-LN outputs of MiniLM, not
-# uniformly for its FFN-LN outputs (see the cosine table). A 6-layer, 384-wide sentence encoder has milder outliers than
+# So on this machine the grid search can be the faster one. **OS-7 (every component helps)**
+# depends on Gamma Migration helping MinMax, which requires γ to carry the outlier dimensions of
+# the LN output; the cosine table above shows for which LayerNorms that is true on MiniLM. A 6-layer, 384-wide sentence encoder has milder outliers than
 # BERT-base (chapter 3), so MinMax loses less at 6 bits and every method has less to recover; with
 # the quick profile's 100 evaluation examples one example is one point. The full profile's results
 # (all four tasks, every dev example, 256 calibration examples, the whole quantile grid, 250 QAT

@@ -77,6 +77,15 @@ CHAPTERS: tuple[Chapter, ...] = (
                                         "twc_max_candidates": None, "qat_bits": ["4-4-8", "4-4-4"],
                                         "qat_steps": 250, "qat_batch_size": 32}},
     ),
+    Chapter(
+        id="07_naq",
+        title="Nonlinearity-aware quantization",
+        needs=("sst2",),
+        profiles={"quick": {}, "full": {
+            "eval_limit": None, "n_calib": 256, "qp_values": [-4.0, -3.0, -2.0, -1.5, -1.0, -0.5, 0.0],
+            "as_values": [-3.0, -2.0, -1.0, 0.0], "sum_values": [200.0, 400.0, 800.0, 1600.0, 3200.0, 6400.0, 12800.0, 25600.0],
+            "combined": True}},
+    ),
 )
 
 

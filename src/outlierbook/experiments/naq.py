@@ -1,0 +1,66 @@
+"""The NAQ chapter's experiments: threshold sweeps on the embedded encoder, MAC shares, energy."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pandas as pd
+from tqdm import tqdm
+
+from ..naq.macs import relative_energy
+from ..naq.wrapper import NAQModel
+from ..nbsetup import progress_enabled
+
+INF = math.inf
+
+
+def macs_from_counts(stats, config) -> dict:
+    """Pre-nonlinearity and other MACs of the evaluated data, from NAQ's element counts.
+
+    FFN1 elements = tokens × d_ff per layer, each d MACs; score elements = (query, key) pairs × heads per
+    layer, each d_head MACs. The rest per token and layer: Q, K, V, output ($4d^2$) and FFN2 ($d\\,d_{ff}$);
+    the context product has as many MACs as the scores.
+    """
+    d, dff = config.hidden_size, config.intermediate_size
+    d_head = d // config.num_attention_heads
+    low_ffn, tot_ffn = stats.counts["ffn"]
+    low_att, tot_att = stats.counts["attention"]
+    token_layers = tot_ffn / dff
+    pre = tot_ffn * d + tot_att * d_head
+    avoided = low_ffn * d + low_att * d_head
+    other = token_layers * (4 * d * d + d * dff) + tot_att * d_head
+    return {"pre_macs": pre, "other_macs": other, "avoided_share": avoided / pre if pre else float("nan"),
+            "share_ffn": low_ffn / tot_ffn if tot_ffn else float("nan"),
+            "share_attention": low_att / tot_att if tot_att else float("nan"),
+            "pre_share_of_all": pre / (pre + other) if pre + other else float("nan")}
+
+
+def naq_point(setup, t_qp=-INF, t_as=-INF, t_sum=INF, bits: int = 4, max_input: float = 4.0) -> dict:
+    """Score the task with NAQ at one threshold setting; shares, MACs and relative energies."""
+    naq = NAQModel(setup.model, t_qp=t_qp, t_as=t_as, t_sum=t_sum, bits=bits, max_input=max_input)
+    try:
+        value = setup.score(naq)
+        m = macs_from_counts(naq.stats, setup.model.config)
+    finally:
+        naq.remove()
+    p = m["avoided_share"]
+    return {"task": setup.task, "t_qp": t_qp, "t_as": t_as, "t_sum": t_sum, "value": value, **m,
+            "energy_vs_fp16": relative_energy(m["pre_macs"], m["other_macs"], p, "fp16"),
+            "energy_vs_int8": relative_energy(m["pre_macs"], m["other_macs"], p, "int8")}
+
+
+def sweep(setup, qp_values, as_values, sum_values, combined=True, **kw) -> pd.DataFrame:
+    """T_QP alone (attention in FP), (T_AS, T_sum) alone (FFN in FP), and, if ``combined``, every triple."""
+    points = [(q, -INF, INF) for q in qp_values] + [(-INF, a, s) for a in as_values for s in sum_values]
+    if combined:
+        points += [(q, a, s) for q, a, s in itertools.product(qp_values, as_values, sum_values) if q != -INF]
+    points = list(dict.fromkeys(points))
+    rows = [naq_point(setup, *p, **kw) for p in tqdm(points, desc=f"NAQ sweep {setup.task}", disable=not progress_enabled())]
+    return pd.DataFrame(rows)
+
+
+def best_within(df: pd.DataFrame, fp_value: float, max_drop: float) -> pd.Series | None:
+    """The point that avoids the most pre-nonlinearity FP compute while losing at most ``max_drop``."""
+    ok = df[fp_value - df["value"] <= max_drop]
+    return None if ok.empty else ok.loc[ok["avoided_share"].idxmax()]
