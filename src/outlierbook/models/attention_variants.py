@@ -1,0 +1,177 @@
+r"""Attention variants of Quantizable Transformers (Bondarenko et al. 2023, §4; notes §3.2–3.3).
+
+**Clipped softmax**: $\mathrm{clip}\big((\zeta-\gamma)\,\mathrm{softmax}(x) + \gamma,\ 0,\ 1\big)$, applied after the
+$1/\sqrt{d_{head}}$ scaling and the additive mask. With $\gamma < 0$ small probabilities become **exactly**
+zero, so a head can attend to nothing without pushing a score to $-\infty$ (the cause of outliers); with
+$\zeta > 1$ large ones reach exactly one. The authors parameterise $\gamma = -\alpha/T$ with $T$ the
+configured sequence length. Zeros appear wherever $\mathrm{softmax} < -\gamma/(\zeta-\gamma)$.
+
+**Gated attention**: each head's context (probabilities × values) is multiplied by a gate
+$\pi = \sigma(G(x)) \in (0, 1)$ computed from the layer input $x$, before the heads are merged:
+
+- ``"linear"`` (the paper's default, *conditional per token*): head $h$ has its own
+  $\mathrm{Linear}(d_{head}\to 1)$ on its $d_{head}$-slice of $x$; bias initialised to
+  $\mathrm{logit}(\pi_{init})$, weights to zero-mean noise, so the initial gate is $\approx\pi_{init}$;
+- ``"mlp"``: $\mathrm{Linear}(d_{head}, d_{head}/4) \to \mathrm{ReLU} \to \mathrm{Linear}(\cdot, 1)$ per head;
+- ``"all_heads_linear"``: one $\mathrm{Linear}(d\to H)$ on all features.
+
+Both are installed through ``transformers.AttentionInterface`` (plus the matching mask interface), so the
+library's BERT and OPT modeling code is used as it is: gates become submodules of each self-attention
+module (trained and saved with the model), and a forward pre-hook hands the layer input to them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+ATTENTION_NAME = "outlierbook_variant"
+GATES = ("linear", "mlp", "all_heads_linear")
+
+
+def clipped_softmax(x: torch.Tensor, dim: int = -1, gamma: float = 0.0, zeta: float = 1.0) -> torch.Tensor:
+    """$\\mathrm{clip}((\\zeta-\\gamma)\\,\\mathrm{softmax}(x) + \\gamma, 0, 1)$."""
+    return torch.clamp((zeta - gamma) * torch.softmax(x, dim=dim) + gamma, 0.0, 1.0)
+
+
+def gamma_for(alpha: float, seq_len: int) -> float:
+    """The authors' parameterisation $\\gamma = -\\alpha/T$."""
+    if seq_len < 1:
+        raise ConfigError("the sequence length T must be positive")
+    return -alpha / seq_len
+
+
+def live_rows(probs: torch.Tensor, row_mask: torch.Tensor | None = None) -> float:
+    """Share of attention rows that keep any non-zero probability (notes §3.7: clipping can kill them all)."""
+    alive = (probs > 0).any(dim=-1)
+    if row_mask is not None:
+        alive = alive[row_mask.expand_as(alive)]
+    return float(alive.float().mean())
+
+
+@dataclass(frozen=True)
+class AttentionVariant:
+    """``softmax``: "vanilla" or "clipped" (γ given, or α with T); ``gate``: None or one of :data:`GATES`."""
+
+    softmax: str = "vanilla"
+    gamma: float = 0.0
+    zeta: float = 1.0
+    alpha: float | None = None
+    seq_len: int | None = None
+    gate: str | None = None
+    pi_init: float = 0.5
+
+    def __post_init__(self):
+        if self.softmax not in ("vanilla", "clipped"):
+            raise ConfigError(f"unknown softmax {self.softmax!r}; use 'vanilla' or 'clipped'")
+        if self.gate is not None and self.gate not in GATES:
+            raise ConfigError(f"unknown gate {self.gate!r}; use one of: {', '.join(GATES)}")
+        if not 0.0 < self.pi_init < 1.0:
+            raise ConfigError("pi_init must lie strictly between 0 and 1")
+        if self.alpha is not None and self.seq_len is None:
+            raise ConfigError("γ = −α/T needs the configured sequence length T (seq_len)")
+
+    @property
+    def effective_gamma(self) -> float:
+        return gamma_for(self.alpha, self.seq_len) if self.alpha is not None else self.gamma
+
+    def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        if self.softmax == "vanilla":
+            return torch.softmax(scores, dim=-1)
+        return clipped_softmax(scores, -1, self.effective_gamma, self.zeta)
+
+
+class AttentionGate(nn.Module):
+    """$\\sigma(G(x))$ of shape ``[B, H, T, 1]`` from the layer input ``x`` of shape ``[B, T, d]``."""
+
+    def __init__(self, kind: str, hidden: int, heads: int, pi_init: float = 0.5):
+        super().__init__()
+        if hidden % heads:
+            raise ConfigError(f"hidden size {hidden} is not divisible by {heads} heads")
+        self.kind, self.heads, self.d_head = kind, heads, hidden // heads
+        if kind == "linear":
+            self.weight = nn.Parameter(torch.randn(heads, self.d_head) * 0.01)
+            self.bias = nn.Parameter(torch.full((heads,), math.log(pi_init / (1 - pi_init))))
+        elif kind == "mlp":
+            inner = max(self.d_head // 4, 1)
+            self.w1 = nn.Parameter(torch.randn(heads, self.d_head, inner) / math.sqrt(self.d_head))
+            self.b1 = nn.Parameter(torch.zeros(heads, inner))
+            self.w2 = nn.Parameter(torch.randn(heads, inner) / math.sqrt(inner))
+            self.b2 = nn.Parameter(torch.zeros(heads))
+        elif kind == "all_heads_linear":
+            self.proj = nn.Linear(hidden, heads)
+        else:
+            raise ConfigError(f"unknown gate {kind!r}; use one of: {', '.join(GATES)}")
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        if self.kind == "all_heads_linear":
+            return self.proj(x).transpose(1, 2).unsqueeze(-1)
+        xh = x.view(b, t, self.heads, self.d_head).transpose(1, 2)  # [B, H, T, d_head]
+        if self.kind == "linear":
+            out = torch.einsum("bhtd,hd->bht", xh, self.weight) + self.bias[:, None]
+        else:
+            hidden = torch.relu(torch.einsum("bhtd,hdk->bhtk", xh, self.w1) + self.b1[:, None])
+            out = torch.einsum("bhtk,hk->bht", hidden, self.w2) + self.b2[:, None]
+        return out.unsqueeze(-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(x))
+
+
+def variant_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Eager attention with the module's variant: (clipped) softmax, then the optional per-head gate."""
+    variant: AttentionVariant = module.outlierbook_variant
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask[..., : key.shape[-2]]
+    probs = variant.probabilities(scores)
+    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+    context = torch.matmul(probs, value)  # [B, H, T, d_head]
+    gate = getattr(module, "outlierbook_gate", None)
+    if gate is not None:
+        context = context * gate(module.outlierbook_input)
+    return context.transpose(1, 2).contiguous(), probs
+
+
+def register_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(ATTENTION_NAME, variant_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)
+
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The self-attention modules of a BERT-family encoder or an OPT decoder."""
+    found = [m for name, m in model.named_modules()
+             if name.endswith("attention.self") or name.endswith("self_attn")]
+    if not found:
+        raise ConfigError(f"{type(model).__name__}: no BERT (attention.self) or OPT (self_attn) attention modules found")
+    return found
+
+
+def _stash_input(module, args, kwargs):
+    object.__setattr__(module, "outlierbook_input", args[0] if args else kwargs["hidden_states"])
+
+
+def install(model: nn.Module, variant: AttentionVariant) -> nn.Module:
+    """Give every attention layer the variant (in place; gates become trainable submodules)."""
+    cfg = model.config
+    hidden = getattr(cfg, "hidden_size", None) or cfg.word_embed_proj_dim
+    heads = cfg.num_attention_heads
+    for m in attention_modules(model):
+        object.__setattr__(m, "outlierbook_variant", variant)
+        if variant.gate is not None:
+            m.outlierbook_gate = AttentionGate(variant.gate, hidden, heads, variant.pi_init)
+            m.register_forward_pre_hook(_stash_input, with_kwargs=True)
+    register_attention()
+    model.set_attn_implementation(ATTENTION_NAME)
+    return model

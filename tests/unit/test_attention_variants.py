@@ -1,0 +1,102 @@
+"""Clipped softmax and gated attention (Quantizable Transformers) as attention functions."""
+
+import math
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel, OPTConfig, OPTForCausalLM
+
+from outlierbook.errors import ConfigError
+from outlierbook.models.attention_variants import (AttentionGate, AttentionVariant, clipped_softmax, gamma_for, install,
+                                                   live_rows)
+
+
+def test_clipped_softmax_reduces_to_softmax_and_makes_exact_zeros_and_ones():
+    x = torch.randn(4, 9) * 3
+    assert torch.allclose(clipped_softmax(x, gamma=0.0, zeta=1.0), torch.softmax(x, -1))
+    y = clipped_softmax(x, gamma=-0.05, zeta=1.0)
+    p = torch.softmax(x, -1)
+    assert torch.equal(y == 0, p < 0.05 / 1.05)  # zeros exactly where softmax < -γ/(ζ-γ)
+    peaked = clipped_softmax(torch.tensor([[20.0, 0.0, 0.0]]), gamma=0.0, zeta=1.03)
+    assert peaked[0, 0] == 1.0
+    assert gamma_for(3.2, 128) == pytest.approx(-0.025)
+
+
+def test_live_rows_detects_dead_attention():
+    probs = clipped_softmax(torch.zeros(2, 3, 8, 8), gamma=gamma_for(2.0, 8))  # uniform 1/8 < 2/8 -> all clipped
+    assert live_rows(probs) == 0.0
+    assert live_rows(torch.softmax(torch.zeros(2, 3, 8, 8), -1)) == 1.0
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp", "all_heads_linear"])
+def test_gate_shapes_and_linear_init(kind):
+    gate = AttentionGate(kind, hidden=16, heads=4, pi_init=0.25)
+    g = gate(torch.randn(2, 5, 16))
+    assert g.shape == (2, 4, 5, 1) and ((g > 0) & (g < 1)).all()
+    if kind == "linear":
+        assert torch.allclose(torch.sigmoid(gate.bias), torch.full((4,), 0.25))
+
+
+def test_variant_validation():
+    with pytest.raises(ConfigError):
+        AttentionVariant(softmax="sparsemax")
+    with pytest.raises(ConfigError):
+        AttentionVariant(gate="conv")
+    with pytest.raises(ConfigError):
+        AttentionVariant(softmax="clipped", alpha=2.0)  # needs seq_len
+
+
+def _bert():
+    torch.manual_seed(0)
+    return BertModel(BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=32, max_position_embeddings=32)).eval()
+
+
+def _batch():
+    ids = torch.randint(1, 40, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    return {"input_ids": ids * mask, "attention_mask": mask}
+
+
+def test_vanilla_variant_equals_the_library_attention_on_bert_and_opt():
+    batch = _batch()
+    bert = _bert()
+    ref = bert(**batch).last_hidden_state
+    install(bert, AttentionVariant())
+    out = bert(**batch).last_hidden_state
+    m = batch["attention_mask"].bool()
+    assert torch.allclose(out[m], ref[m], atol=1e-5)
+    torch.manual_seed(0)
+    opt = OPTForCausalLM(OPTConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, ffn_dim=32, num_attention_heads=4,
+                                   max_position_embeddings=32, word_embed_proj_dim=16)).eval()
+    ref = opt(**batch).logits
+    install(opt, AttentionVariant())
+    assert torch.allclose(opt(**batch).logits[m], ref[m], atol=1e-5)
+
+
+def test_gates_forced_to_one_equal_the_vanilla_model():
+    batch = _batch()
+    bert = _bert()
+    ref = bert(**batch).last_hidden_state
+    install(bert, AttentionVariant(gate="linear", pi_init=0.5))
+    with torch.no_grad():
+        for layer in bert.encoder.layer:
+            g = layer.attention.self.outlierbook_gate
+            g.weight.zero_()
+            g.bias.fill_(100.0)  # σ(100) == 1 in float32
+    m = batch["attention_mask"].bool()
+    assert torch.allclose(bert(**batch).last_hidden_state[m], ref[m], atol=1e-5)
+    names = [n for n, _ in bert.named_parameters() if "outlierbook_gate" in n]
+    assert len(names) == 2 * 2  # weight and bias per layer: trainable, saved with the model
+
+
+def test_clipped_variant_changes_the_output_and_alpha_sets_gamma():
+    v = AttentionVariant(softmax="clipped", alpha=1.0, seq_len=16)
+    assert v.effective_gamma == pytest.approx(-1 / 16)
+    batch = _batch()
+    bert = _bert()
+    ref = bert(**batch).last_hidden_state
+    install(bert, v)
+    assert not torch.allclose(bert(**batch).last_hidden_state, ref, atol=1e-4)
+    assert math.isfinite(float(bert(**batch).last_hidden_state.detach().sum()))
