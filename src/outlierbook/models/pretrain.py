@@ -1,0 +1,195 @@
+r"""Pre-training small language models from scratch (Quantizable Transformers chapter), on Accelerate.
+
+Two families, built from ``transformers`` configs: a **BERT-style encoder** (masked LM, post-LayerNorm,
+GELU) and an **OPT-style decoder** (causal LM, pre-LayerNorm, ReLU), with any
+:class:`~outlierbook.models.attention_variants.AttentionVariant`. Text: the tokenised training
+documents concatenated (separated by ``</s>``) and cut into blocks of ``seq_len`` tokens; MLM masks 15 %
+of tokens (80 % ``[MASK]``, 10 % random, 10 % kept).
+
+The loop: AdamW, linear warm-up then linear decay, gradient clipping, optional weight decay on LayerNorm
+γ (the OPT recipe's ``--wd_LN_gamma``), safetensors checkpoints every ``checkpoint_every`` steps with the
+optimizer, scheduler, RNG and data position, **resumed** automatically from the latest one; the loss curve
+and the outlier statistics (``track``) are saved as JSON beside the checkpoints, written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..errors import ConfigError
+from ..nbsetup import progress_enabled
+from ..paths import cache_dir
+from .attention_variants import AttentionVariant, install
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    kind: str = "mlm"  # "mlm" (BERT-style encoder) or "clm" (OPT-style decoder)
+    variant: AttentionVariant = field(default_factory=AttentionVariant)
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 4
+    ffn: int = 1024
+    seq_len: int = 128
+    vocab_size: int = 4096
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 5e-4
+    warmup: float = 0.05
+    weight_decay: float = 0.01
+    wd_ln_gamma: bool = False
+    dropout: float = 0.1
+    seed: int = 0
+    checkpoint_every: int = 200
+    track_every: int = 50
+    sources: tuple = ("bbc", "bible")
+
+    def __post_init__(self):
+        if self.kind not in ("mlm", "clm"):
+            raise ConfigError(f"unknown model kind {self.kind!r}; use 'mlm' (encoder) or 'clm' (decoder)")
+        if self.hidden % self.heads:
+            raise ConfigError(f"hidden size {self.hidden} is not divisible by {self.heads} heads")
+
+    def key(self) -> str:
+        d = asdict(self)
+        digest = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        return f"{self.kind}-{self.variant.softmax}-{self.variant.gate or 'nogate'}-{digest}"
+
+    def directory(self) -> Path:
+        return cache_dir() / "pretrained" / self.key()
+
+
+def build_model(cfg: PretrainConfig, vocab_size: int, pad_id: int):
+    """A freshly initialised (seeded) encoder or decoder with the config's attention variant."""
+    from transformers import BertConfig, BertForMaskedLM, OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(cfg.seed)
+    if cfg.kind == "mlm":
+        model = BertForMaskedLM(BertConfig(
+            vocab_size=vocab_size, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
+            intermediate_size=cfg.ffn, max_position_embeddings=cfg.seq_len, hidden_dropout_prob=cfg.dropout,
+            attention_probs_dropout_prob=cfg.dropout, pad_token_id=pad_id))
+    else:
+        model = OPTForCausalLM(OPTConfig(
+            vocab_size=vocab_size, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
+            ffn_dim=cfg.ffn, max_position_embeddings=cfg.seq_len, word_embed_proj_dim=cfg.hidden, dropout=cfg.dropout,
+            attention_dropout=cfg.dropout, pad_token_id=pad_id, do_layer_norm_before=True, activation_function="relu"))
+    return install(model, cfg.variant)
+
+
+def token_blocks(tokenizer, texts: list[str], seq_len: int) -> torch.Tensor:
+    """All documents tokenised, joined by ``</s>``, cut into ``[n_blocks, seq_len]`` (the tail is dropped)."""
+    eos = tokenizer.convert_tokens_to_ids("</s>")
+    ids: list[int] = []
+    for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        ids += enc + [eos]
+    n = len(ids) // seq_len
+    if n == 0:
+        raise ConfigError(f"the text has {len(ids)} tokens, fewer than one block of {seq_len}")
+    return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
+
+
+def mask_tokens(input_ids: torch.Tensor, tokenizer, generator: torch.Generator, p: float = 0.15) -> dict:
+    """BERT's masking: choose ``p`` of the tokens; of those 80 % → [MASK], 10 % → random, 10 % kept."""
+    labels = input_ids.clone()
+    chosen = torch.rand(input_ids.shape, generator=generator) < p
+    labels[~chosen] = -100
+    ids = input_ids.clone()
+    r = torch.rand(input_ids.shape, generator=generator)
+    ids[chosen & (r < 0.8)] = tokenizer.mask_token_id
+    rand = chosen & (r >= 0.8) & (r < 0.9)
+    ids[rand] = torch.randint(len(tokenizer), input_ids.shape, generator=generator)[rand]
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def make_batch(blocks: torch.Tensor, idx, cfg: PretrainConfig, tokenizer, generator) -> dict:
+    x = blocks[idx]
+    if cfg.kind == "mlm":
+        return mask_tokens(x, tokenizer, generator)
+    return {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x.clone()}
+
+
+def _param_groups(model, cfg: PretrainConfig):
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        is_ln = "LayerNorm" in n or "layer_norm" in n
+        if n.endswith("bias") or (is_ln and not cfg.wd_ln_gamma):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def pretrain(cfg: PretrainConfig, tokenizer, blocks: torch.Tensor, track=None, progress: bool = True):
+    """Train (or resume) ``cfg``; returns ``(model, history)``; ``track(model) -> dict`` is logged every
+    ``track_every`` steps (e.g. outlier statistics on a fixed batch)."""
+    from accelerate import Accelerator
+    from safetensors.torch import load_model, save_model
+    from transformers import get_linear_schedule_with_warmup
+
+    out = cfg.directory()
+    out.mkdir(parents=True, exist_ok=True)
+    model = build_model(cfg, len(tokenizer), tokenizer.pad_token_id)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup * cfg.steps), cfg.steps)
+    history = {"config": json.loads(json.dumps(asdict(cfg), default=str)), "loss": [], "track": []}
+    start = 0
+    state_file = out / "state.pt"
+    if (out / "model.safetensors").is_file() and state_file.is_file():
+        load_model(model, out / "model.safetensors")
+        state = torch.load(state_file, weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = state["step"]
+        history = json.loads((out / "history.json").read_text())
+    accelerator = Accelerator()
+    model, optimizer = accelerator.prepare(model, optimizer)
+    order_gen = torch.Generator().manual_seed(cfg.seed)
+    n = blocks.shape[0]
+    order = torch.cat([torch.randperm(n, generator=order_gen) for _ in range(cfg.steps * cfg.batch_size // n + 1)])
+    mask_gen = torch.Generator().manual_seed(cfg.seed + 1)
+
+    def checkpoint(step: int) -> None:
+        unwrapped = accelerator.unwrap_model(model)
+        tmp = out / f"model.safetensors.tmp{os.getpid()}"
+        save_model(unwrapped, str(tmp))  # handles tied weights (MLM decoder = word embeddings)
+        os.replace(tmp, out / "model.safetensors")
+        tmp_state = out / f"state.pt.tmp{os.getpid()}"
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}, tmp_state)
+        os.replace(tmp_state, state_file)
+        _write_json(out / "history.json", history)
+
+    model.train()
+    bar = tqdm(range(start, cfg.steps), desc=f"pre-train {cfg.key()}", initial=start, total=cfg.steps,
+               disable=not (progress and progress_enabled()))
+    for step in bar:
+        mask_gen.manual_seed(cfg.seed + 1 + step)  # masking depends on the step only: resumable
+        idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        loss = model(**make_batch(blocks, idx, cfg, tokenizer, mask_gen)).loss
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        history["loss"].append(float(loss.detach()))
+        if track is not None and ((step + 1) % cfg.track_every == 0 or step + 1 == cfg.steps):
+            model.eval()
+            history["track"].append({"step": step + 1, **track(accelerator.unwrap_model(model))})
+            model.train()
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            checkpoint(step + 1)
+        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
+    return accelerator.unwrap_model(model).eval(), history

@@ -1,0 +1,72 @@
+"""Pre-training loop: learns, checkpoints atomically, and resumes to the same result."""
+
+import pytest
+import torch
+
+from outlierbook.data.corpus import bible_verses
+from outlierbook.errors import ConfigError
+from outlierbook.models.attention_variants import AttentionVariant
+from outlierbook.models.pretrain import PretrainConfig, mask_tokens, pretrain, token_blocks
+from outlierbook.models.tokenizer import train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok_and_blocks():
+    texts = bible_verses()[:1500]
+    tok = train_tokenizer(texts, vocab_size=400, cache=False)
+    return tok, token_blocks(tok, texts, 16)
+
+
+def test_masking_follows_bert():
+    class T:
+        mask_token_id = 3
+
+        def __len__(self):
+            return 50
+
+    ids = torch.randint(10, 50, (200, 50))
+    b = mask_tokens(ids, T(), torch.Generator().manual_seed(0))
+    chosen = b["labels"] != -100
+    assert 0.13 < chosen.float().mean() < 0.17
+    assert torch.equal(b["labels"][chosen], ids[chosen])
+    masked = (b["input_ids"] == 3) & chosen
+    assert 0.75 < masked.sum() / chosen.sum() < 0.85
+    assert torch.equal(b["input_ids"][~chosen], ids[~chosen])
+
+
+@pytest.mark.parametrize("kind,variant", [("mlm", AttentionVariant()), ("clm", AttentionVariant(gate="linear", pi_init=0.25))])
+def test_pretraining_learns_and_resumes_identically(tok_and_blocks, tmp_path, monkeypatch, kind, variant):
+    tok, blocks = tok_and_blocks
+    cfg = PretrainConfig(kind=kind, variant=variant, hidden=32, layers=2, heads=2, ffn=64, seq_len=16, steps=12,
+                         batch_size=8, lr=3e-3, dropout=0.0, checkpoint_every=6, track_every=6)
+    monkeypatch.setenv("OUTLIERBOOK_CACHE", str(tmp_path / "a"))
+    full, hist = pretrain(cfg, tok, blocks, track=lambda m: {"n": 1}, progress=False)
+    assert len(hist["loss"]) == 12 and hist["loss"][-1] < hist["loss"][0]
+    assert [t["step"] for t in hist["track"]] == [6, 12]
+    # the same run interrupted after the step-6 checkpoint, then resumed from it
+    monkeypatch.setenv("OUTLIERBOOK_CACHE", str(tmp_path / "b"))
+    calls = {"n": 0}
+
+    class Stop(Exception):
+        pass
+
+    def track(m):
+        calls["n"] += 1
+        if calls["n"] == 2:  # at step 12, before its checkpoint
+            raise Stop
+        return {"n": 1}
+
+    with pytest.raises(Stop):
+        pretrain(cfg, tok, blocks, track=track, progress=False)
+    assert (cfg.directory() / "model.safetensors").is_file()
+    resumed, hist2 = pretrain(cfg, tok, blocks, track=lambda m: {"n": 1}, progress=False)
+    assert hist2["loss"][:6] == hist["loss"][:6] and len(hist2["loss"]) == 12
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), k
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError):
+        PretrainConfig(kind="seq2seq")
+    with pytest.raises(ConfigError):
+        PretrainConfig(hidden=30, heads=4)
