@@ -100,3 +100,44 @@ def test_clipped_variant_changes_the_output_and_alpha_sets_gamma():
     install(bert, v)
     assert not torch.allclose(bert(**batch).last_hidden_state, ref, atol=1e-4)
     assert math.isfinite(float(bert(**batch).last_hidden_state.detach().sum()))
+
+
+def test_quantized_wrapper_keeps_the_variant_and_supports_opt():
+    from outlierbook.quant.calibrate import calibrate
+    from outlierbook.quant.nodes import quantize_model
+
+    batch = _batch()
+    for make in (_bert, lambda: OPTForCausalLM(OPTConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, ffn_dim=32,
+                                                         num_attention_heads=4, max_position_embeddings=32,
+                                                         word_embed_proj_dim=16)).eval()):
+        torch.manual_seed(0)
+        model = make()
+        install(model, AttentionVariant(softmax="clipped", gamma=-0.05, gate="linear"))
+        out = lambda m: (m(**batch).logits if hasattr(m(**batch), "logits") else m(**batch).last_hidden_state)  # noqa: E731
+        with torch.no_grad():
+            ref = out(model)
+            qm = quantize_model(model, weight_bits=8, act_bits=8)
+            assert torch.allclose(out(qm), ref, atol=1e-5)  # FP mode: same function, variant kept
+            calibrate(qm, [batch])
+            qm.set_mode(True, True)
+            q = out(qm)
+            m = batch["attention_mask"].bool()
+            assert not torch.equal(q, ref) and torch.allclose(q[m], ref[m], atol=0.3 * ref[m].abs().max())
+        names = qm.node_names()
+        if model.config.model_type == "opt":
+            assert {"layer0.ffn.act", "layer1.layer.output", "final.ln", "layer0.attention.probs"} <= set(names)
+            assert "weight:lm_head" not in qm.weight_nodes and "weight:model.decoder.layers.0.fc1" in qm.weight_nodes
+        qm.remove()
+        assert model.config._attn_implementation == "outlierbook_variant"
+
+
+def test_opt_os_placement_quantizes_the_matmul_inputs_only():
+    from outlierbook.quant.nodes import OPT_PLACEMENTS, quantize_model
+
+    opt = OPTForCausalLM(OPTConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, ffn_dim=32, num_attention_heads=4,
+                                   max_position_embeddings=32, word_embed_proj_dim=16)).eval()
+    qm = quantize_model(opt, placement="os")
+    names = qm.node_names()
+    assert len(names) == 2 * (len(OPT_PLACEMENTS["os"]) - 1) + 1
+    assert "layer0.ffn.output" not in names and "layer1.ffn.act" in names
+    qm.remove()

@@ -32,6 +32,13 @@ classifier.output      logits                                             ✓ C
 
 Weights: every Linear of the encoder, pooler and classifier, and the word / position / token-type
 embedding tables, symmetric, per output channel by default (per row for embedding tables).
+Language-model heads (BERT's ``cls.*``, OPT's ``lm_head``, tied to the word embeddings) stay in FP,
+as in the 2023 authors' code.
+
+**OPT-style decoders** (pre-LayerNorm, the Quantizable Transformers chapter) get the same wrapper with
+their own nodes: ``attention.ln`` (LN before attention), ``attention.q/k/v/scores/probs/context/output``,
+``ffn.ln`` (LN before the FFN), ``ffn.act`` (ReLU output), ``ffn.output``, ``layer.output`` (the residual
+stream after the layer) and ``final.ln``; both placements quantize all of them.
 """
 
 from __future__ import annotations
@@ -58,14 +65,24 @@ KINDS = (
     "ffn.gelu", "ffn.output", "ffn.residual", "ffn.ln",
     "pooler.output", "classifier.output",
 )
+OPT_LAYER_KINDS = ("attention.ln", "attention.q", "attention.k", "attention.v", "attention.scores", "attention.probs",
+                   "attention.context", "attention.output", "ffn.ln", "ffn.act", "ffn.output", "layer.output")
+OPT_KINDS = OPT_LAYER_KINDS + ("final.ln",)
+LM_HEADS = ("cls.", "lm_head")
 PLACEMENTS = {
     # FasterTransformer positions used by Outlier Suppression (notes §1.3).
     "os": ("embeddings.ln", "attention.q", "attention.k", "attention.v", "attention.probs", "attention.context",
            "attention.ln", "ffn.gelu", "ffn.ln"),
     # Bondarenko et al. 2021: every Linear output, residual sum, LayerNorm output, softmax in and out (notes §2.3).
-    "bondarenko": KINDS,
+    "bondarenko": KINDS + tuple(k for k in OPT_KINDS if k not in KINDS),
 }
 LAYER_KINDS = tuple(k for k in KINDS if k.startswith(("attention.", "ffn.")))
+ALL_KINDS = PLACEMENTS["bondarenko"]
+# For OPT the matrix-multiplication inputs (the "os" placement) are the two LN outputs, Q, K, V, probs,
+# context, the activation output and the final LN.
+OPT_PLACEMENTS = {"os": ("attention.ln", "attention.q", "attention.k", "attention.v", "attention.probs",
+                         "attention.context", "ffn.ln", "ffn.act", "final.ln"),
+                  "bondarenko": OPT_KINDS}
 
 
 # ---------------------------------------------------------------------- node settings
@@ -125,6 +142,8 @@ class ActivationNode(nn.Module):
             return x
         if x.dim() == 3 and x.shape[:2] == mask.shape:
             return x[mask]
+        if x.dim() == 2 and x.shape[0] == mask.numel():  # OPT's FFN works on [B*T, d]
+            return x[mask.reshape(-1)]
         if x.dim() == 4 and x.shape[-1] == x.shape[-2] == mask.shape[1]:
             pair = (mask[:, None, :, None] & mask[:, None, None, :]).expand_as(x)
             if self.quantizer is not None and self.quantizer.granularity.axis is not None:
@@ -177,7 +196,8 @@ def quantized_attention(module, query, key, value, attention_mask, scaling=None,
     """Eager attention with two named nodes: scores ($QK^\\top$, before scaling and mask) and probs.
 
     ``module.outlierbook_nodes`` (set by :class:`QuantizedModel`) maps ``"scores"``/``"probs"`` to
-    nodes; ``module.outlierbook_softmax`` may replace the softmax (clipped softmax, later chapters).
+    nodes; ``module.outlierbook_softmax`` may replace the softmax; an attention variant installed by
+    :func:`outlierbook.models.attention_variants.install` (clipped softmax, gates) is honoured.
     """
     nodes = getattr(module, "outlierbook_nodes", {})
     if scaling is None:
@@ -187,14 +207,19 @@ def quantized_attention(module, query, key, value, attention_mask, scaling=None,
         scores = nodes["scores"](scores)
     scores = scores * scaling
     if attention_mask is not None:
-        scores = scores + attention_mask
-    softmax = getattr(module, "outlierbook_softmax", None) or (lambda s: torch.softmax(s, dim=-1))
+        scores = scores + attention_mask[..., : key.shape[-2]]
+    variant = getattr(module, "outlierbook_variant", None)  # clipped softmax / gates (attention_variants.py)
+    softmax = getattr(module, "outlierbook_softmax", None) or (
+        variant.probabilities if variant is not None else (lambda s: torch.softmax(s, dim=-1)))
     probs = softmax(scores)
     if "probs" in nodes:
         probs = nodes["probs"](probs)
     probs = nn.functional.dropout(probs, p=dropout, training=module.training)
-    out = torch.matmul(probs, value).transpose(1, 2).contiguous()
-    return out, probs
+    out = torch.matmul(probs, value)
+    gate = getattr(module, "outlierbook_gate", None)
+    if gate is not None:  # the gate stays FP; the context node sees the gated heads
+        out = out * gate(module.outlierbook_input)
+    return out.transpose(1, 2).contiguous(), probs
 
 
 def register_attention() -> None:
@@ -218,10 +243,23 @@ class Parts:
     pooler: nn.Module | None
     classifier: nn.Module | None
     weights: dict = field(default_factory=dict)  # weight node name -> module
+    family: str = "bert"
+    final_ln: nn.Module | None = None
+
+
+def _weights(model: nn.Module, parts: Parts) -> Parts:
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)) and not name.startswith(LM_HEADS):
+            parts.weights[name] = module
+    return parts
 
 
 def find_parts(model: nn.Module) -> Parts:
     base = getattr(model, "base_model", model)
+    decoder = getattr(base, "decoder", None)
+    if decoder is not None and hasattr(decoder, "layers") and hasattr(decoder.layers[0], "fc1"):
+        return _weights(model, Parts(base, None, list(decoder.layers), None, None, family="opt",
+                                     final_ln=getattr(decoder, "final_layer_norm", None)))
     emb = getattr(base, "embeddings", None)
     enc = getattr(base, "encoder", None)
     layers = list(getattr(enc, "layer", [])) if enc is not None else []
@@ -229,12 +267,7 @@ def find_parts(model: nn.Module) -> Parts:
         raise ConfigError(f"{type(model).__name__} is not a BERT-family encoder (embeddings, encoder.layer[i].attention/"
                           "intermediate/output); the quantized wrapper supports BERT, RoBERTa, MiniLM and relatives")
     classifier = getattr(model, "classifier", None)
-    parts = Parts(base, emb, layers, getattr(base, "pooler", None), classifier)
-    prefix = {id(m): n for n, m in model.named_modules()}
-    for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            parts.weights[prefix[id(module)]] = module
-    return parts
+    return _weights(model, Parts(base, emb, layers, getattr(base, "pooler", None), classifier))
 
 
 # ---------------------------------------------------------------------- the wrapper
@@ -267,8 +300,9 @@ class QuantizedModel(nn.Module):
         self._check_selectors(config, names)
 
         self.act_nodes = nn.ModuleDict()
+        kinds = (OPT_PLACEMENTS if self.parts.family == "opt" else PLACEMENTS)[placement]
         for name, (kind, layer) in names["act"].items():
-            if kind not in PLACEMENTS[placement]:
+            if kind not in kinds:
                 continue
             settings = self._settings_for(name, kind, layer, act, config)
             self.act_nodes[self._key(name)] = ActivationNode(name, kind, layer, settings, self)
@@ -294,6 +328,12 @@ class QuantizedModel(nn.Module):
         return name.replace(".", "__")
 
     def candidate_names(self) -> dict:
+        weights = [f"weight:{n}" for n in self.parts.weights]
+        if self.parts.family == "opt":
+            acts = {f"layer{i}.{kind}": (kind, i) for i in range(len(self.parts.layers)) for kind in OPT_LAYER_KINDS}
+            if self.parts.final_ln is not None:
+                acts["final.ln"] = ("final.ln", None)
+            return {"act": acts, "weight": weights}
         acts = {"embeddings.sum": ("embeddings.sum", None), "embeddings.ln": ("embeddings.ln", None)}
         for i in range(len(self.parts.layers)):
             for kind in LAYER_KINDS:
@@ -302,19 +342,18 @@ class QuantizedModel(nn.Module):
             acts["pooler.output"] = ("pooler.output", None)
         if self.parts.classifier is not None:
             acts["classifier.output"] = ("classifier.output", None)
-        weights = [f"weight:{n}" for n in self.parts.weights]
         return {"act": acts, "weight": weights}
 
     def _check_selectors(self, config: dict, names: dict) -> None:
         valid_names = set(names["act"]) | set(names["weight"])
         layers = {f"layer{i}" for i in range(len(self.parts.layers))}
         for sel in config:
-            if sel in ("*", "weight:*") or sel in KINDS or sel in layers or sel in valid_names:
+            if sel in ("*", "weight:*") or sel in ALL_KINDS or sel in layers or sel in valid_names:
                 continue
             if any(ch in sel for ch in "*?[") and any(fnmatch.fnmatchcase(n, sel) for n in valid_names):
                 continue
             raise ConfigError(f"quantization config names {sel!r}, which is no node, kind or layer of this model; "
-                              f"kinds: {', '.join(KINDS)}; nodes look like 'layer0.ffn.residual' or 'weight:<module path>'")
+                              f"kinds: {', '.join(ALL_KINDS)}; nodes look like 'layer0.ffn.residual' or 'weight:<module path>'")
 
     @staticmethod
     def _settings_for(name, kind, layer, default: NodeSettings, config: dict) -> NodeSettings:
@@ -361,7 +400,26 @@ class QuantizedModel(nn.Module):
         if node is not None:
             self._hooks.append(module.register_forward_pre_hook(lambda m, args: (node(args[0]),) + tuple(args[1:])))
 
+    def _attach_opt_hooks(self) -> None:
+        for i, layer in enumerate(self.parts.layers):
+            att, p = layer.self_attn, f"layer{i}."
+            self._out_hook(layer.self_attn_layer_norm, p + "attention.ln")
+            self._out_hook(att.q_proj, p + "attention.q")
+            self._out_hook(att.k_proj, p + "attention.k")
+            self._out_hook(att.v_proj, p + "attention.v")
+            att.outlierbook_nodes = {k: n for k in ("scores", "probs") if (n := self._maybe(p + f"attention.{k}"))}
+            self._in_hook(att.out_proj, p + "attention.context")
+            self._out_hook(att.out_proj, p + "attention.output")
+            self._out_hook(layer.final_layer_norm, p + "ffn.ln")
+            self._out_hook(layer.activation_fn, p + "ffn.act")
+            self._out_hook(layer.fc2, p + "ffn.output")
+            self._out_hook(layer, p + "layer.output")
+        if self.parts.final_ln is not None:
+            self._out_hook(self.parts.final_ln, "final.ln")
+
     def _attach_hooks(self) -> None:
+        if self.parts.family == "opt":
+            return self._attach_opt_hooks()
         emb = self.parts.embeddings
         self._in_hook(emb.LayerNorm, "embeddings.sum")
         self._out_hook(emb.LayerNorm, "embeddings.ln")
@@ -393,7 +451,7 @@ class QuantizedModel(nn.Module):
             parametrize.remove_parametrizations(self.parts.weights[name[len("weight:"):]], "weight",
                                                 leave_parametrized=False)
         for layer in self.parts.layers:
-            layer.attention.self.outlierbook_nodes = {}
+            (layer.self_attn if self.parts.family == "opt" else layer.attention.self).outlierbook_nodes = {}
         self.model.set_attn_implementation(self._previous_attn)
         return self.model
 
