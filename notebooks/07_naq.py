@@ -38,7 +38,7 @@ eval_limit = 100
 qp_values = [-3.0, -2.0, -1.0, 0.0]
 as_values = [-3.0, 0.0]
 sum_values = [200.0, 3200.0]
-combined = False
+combined_pairs = []
 bits = 4
 max_input = 4.0
 n_calib = 64
@@ -66,7 +66,7 @@ from outlierbook.quant.ptq import quantized
 from outlierbook.results import Recorder, dumps
 
 rec = Recorder("07_naq", profile, params=dict(model=model, tasks=tasks, eval_limit=eval_limit, qp_values=qp_values,
-                                             as_values=as_values, sum_values=sum_values, combined=combined,
+                                             as_values=as_values, sum_values=sum_values, combined_pairs=combined_pairs,
                                              bits=bits, max_input=max_input, n_calib=n_calib, seed=seed))
 setups = {t: task_setup(t, profile, model=model, eval_limit=eval_limit, data_source=data_source, seed=seed)
           for t in tasks}
@@ -160,12 +160,13 @@ print(macs.round(3).to_string())
 # ## Sweeping the thresholds (Figures 5–8 analogue)
 #
 # First each wrapper alone — $T_{QP}$ with attention in full precision, then $(T_{AS}, T_{sum})$ with
-# the FFN in full precision — and, in the full profile, every combination. Each point reports the
+# the FFN in full precision — and, in the full profile, every $T_{QP}$ combined with a few
+# $(T_{AS}, T_{sum})$ pairs. Each point reports the
 # task metric, the share of pre-nonlinearity FP compute avoided, and the relative energy against
 # FP16 and INT8 baselines.
 
 # %%
-sweeps = pd.concat([nx.sweep(setups[t], qp_values, as_values, sum_values, combined=combined, bits=bits,
+sweeps = pd.concat([nx.sweep(setups[t], qp_values, as_values, sum_values, combined_pairs=combined_pairs, bits=bits,
                              max_input=max_input) for t in tasks], ignore_index=True)
 sweeps["fp32"] = sweeps.task.map(fp)
 sweeps["drop"] = sweeps["fp32"] - sweeps["value"]

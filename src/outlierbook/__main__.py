@@ -88,10 +88,14 @@ def main(argv: list[str] | None = None) -> int:
             for chapter in chapters:  # validate every chapter's parameters before running any
                 runner.parameters_for(chapter, args.profile, overrides)
             _prepare(args.profile, [c.id for c in chapters])
+            import time
+
             for chapter in chapters:
                 print(f"[run] {chapter.id} ({args.profile})", flush=True)
+                t0 = time.perf_counter()
                 out = runner.run_chapter(chapter, args.profile, overrides, log_output=args.log_output)
-                print(f"[run] {chapter.id}: wrote {out.relative_to(out.parents[1])}", flush=True)
+                print(f"[run] {chapter.id}: wrote {out.relative_to(out.parents[1])} "
+                      f"in {time.perf_counter() - t0:.0f} s", flush=True)
             return 0
         if args.command == "check":
             found = runner.problems(args.profile)

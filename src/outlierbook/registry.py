@@ -84,7 +84,7 @@ CHAPTERS: tuple[Chapter, ...] = (
         profiles={"quick": {}, "full": {
             "eval_limit": None, "n_calib": 256, "qp_values": [-4.0, -3.0, -2.0, -1.5, -1.0, -0.5, 0.0],
             "as_values": [-3.0, -2.0, -1.0, 0.0], "sum_values": [200.0, 400.0, 800.0, 1600.0, 3200.0, 6400.0, 12800.0, 25600.0],
-            "combined": True}},
+            "combined_pairs": [[-3.0, 200.0], [-1.0, 1600.0], [0.0, 12800.0]]}},
     ),
 )
 

@@ -50,11 +50,11 @@ def naq_point(setup, t_qp=-INF, t_as=-INF, t_sum=INF, bits: int = 4, max_input: 
             "energy_vs_int8": relative_energy(m["pre_macs"], m["other_macs"], p, "int8")}
 
 
-def sweep(setup, qp_values, as_values, sum_values, combined=True, **kw) -> pd.DataFrame:
-    """T_QP alone (attention in FP), (T_AS, T_sum) alone (FFN in FP), and, if ``combined``, every triple."""
+def sweep(setup, qp_values, as_values, sum_values, combined_pairs=(), **kw) -> pd.DataFrame:
+    """T_QP alone (attention in FP), (T_AS, T_sum) alone (FFN in FP), and every T_QP with each
+    ``(T_AS, T_sum)`` of ``combined_pairs``."""
     points = [(q, -INF, INF) for q in qp_values] + [(-INF, a, s) for a in as_values for s in sum_values]
-    if combined:
-        points += [(q, a, s) for q, a, s in itertools.product(qp_values, as_values, sum_values) if q != -INF]
+    points += [(q, a, s) for q, (a, s) in itertools.product(qp_values, combined_pairs) if q != -INF]
     points = list(dict.fromkeys(points))
     rows = [naq_point(setup, *p, **kw) for p in tqdm(points, desc=f"NAQ sweep {setup.task}", disable=not progress_enabled())]
     return pd.DataFrame(rows)
