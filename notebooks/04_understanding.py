@@ -122,8 +122,9 @@ compare.styled(compare.compare(paper1[paper1.metric.isin(ours1.metric)], ours1, 
                "ch04_table1", caption="Table 1: BERT-base (paper) beside MiniLM (ours)")
 
 # %% [markdown]
-# As in chapter 2, weight-only quantization costs little and activation quantization costs more.
-# The setting the search picks differs between tasks, as it does in the paper's Table 9.
+# Compare the W8A32 and W32A8 rows with FP32: the claim check below tests whether, as in chapter 2
+# and in the paper, weights are cheap to quantize and activations are not. The setting the search
+# picks may differ between tasks; the paper's choices are in its Table 9.
 #
 # ## Table 2: leave one activation kind out
 #
