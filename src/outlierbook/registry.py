@@ -62,6 +62,7 @@ CHAPTERS: tuple[Chapter, ...] = (
     Chapter(
         id="04_understanding",
         title="Understanding and overcoming: mixed precision, per-embedding groups, QAT",
+        timeout=6 * 3600,  # full profile: one cell runs the whole range-setting search
         needs=("sst2", "mrpc", "rte", "stsb"),
         profiles={"quick": {}, "full": {
             "problem_tasks": ["stsb", "sst2", "mrpc", "rte"], "eval_limit": None, "seeds": [0, 1, 2, 3, 4],
@@ -72,6 +73,7 @@ CHAPTERS: tuple[Chapter, ...] = (
     Chapter(
         id="05_outlier_suppression",
         title="Outlier Suppression: Gamma Migration and Token-Wise Clipping",
+        timeout=6 * 3600,  # full profile: the Table 3 cell alone took > 30 min on 2 cores
         needs=("sst2", "mrpc", "rte"),
         profiles={"quick": {}, "full": {"tasks": ["stsb", "sst2", "mrpc", "rte"], "eval_limit": None, "n_calib": 256,
                                         "twc_max_candidates": None, "qat_bits": ["4-4-8", "4-4-4"],
