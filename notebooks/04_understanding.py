@@ -169,7 +169,7 @@ table4 = mp.pivot(index="config", columns="task", values="value").loc[list(dict.
 table4.loc["FP32"] = pd.Series({t: fp[t] for t in problem_tasks})
 share = mp.groupby("config", sort=False)[["16-bit quantizers", "activation quantizers"]].first()
 table4 = table4.join(share.astype("Int64"))
-rec.update({f"table4/{k}/{t}": v for k, row in table4.iterrows() for t, v in row.items()})
+rec.update({f"table4/{k}/{t}": float(v) for k, row in table4.iterrows() for t, v in row.items() if pd.notna(v)})
 
 # %% tags=["nbval-check-output"]
 print(table4.round(2).to_string())
