@@ -2,7 +2,8 @@ r"""Token-Wise Clipping (Wei et al. 2022, §4.2, Algorithm 1; notes §1.5): coar
 
 For each candidate token quantile $p$ on a grid $p_i = 1 - i\cdot\text{step}$, every activation node
 (except the attention probabilities, which the authors exempt) is recalibrated on **FP**
-activations with :class:`~outlierbook.quant.estimators.TokenWiseClip` ``(p)``; then only the
+activations with :class:`~outlierbook.quant.estimators.TokenWiseClip` ``(p)`` (the per-token extremes
+are recorded once and every candidate's range derived from them, which gives the same ranges); then only the
 activation quantizers are switched on (weights stay FP, as in the authors' code) and the loss is
 $\sum_{\text{batches}} \mathrm{MSE}(f_q(x), f(x))$ between the quantized and the FP model outputs.
 The $p$ with the smallest loss wins and its ranges stay in the model.
@@ -23,7 +24,7 @@ import math
 import torch
 
 from ..errors import ConfigError
-from ..quant.estimators import TokenWiseClip
+from ..quant.estimators import TokenExtremes
 from ..quant.nodes import QuantizedModel
 
 SPAN = {8: 0.1, 6: 0.3, 4: 0.9}
@@ -74,18 +75,24 @@ def coarse_search(qm: QuantizedModel, batches, candidates, exempt_kinds=("attent
     nodes = [n for n in qm.act_nodes.values() if n.quantizer is not None and n.kind not in exempt_kinds]
     exempt = [n for n in qm.act_nodes.values() if n.quantizer is not None and n.kind in exempt_kinds]
 
+    # The FP activations do not depend on p: record every node's per-token extremes in one pass and
+    # derive each candidate's TokenWiseClip(p) range from them (equal to recalibrating per p; tested).
+    for n in nodes:
+        n.quantizer.estimator = TokenExtremes()
+    for n in nodes + exempt:
+        n.quantizer.reset()
+        n.quantizer.observing = True
+    for b in batches:
+        qm(**b)
+    for n in nodes + exempt:
+        n.quantizer.observing = False
+    for n in exempt:
+        n.quantizer.fix()
+    recorders = [n.quantizer.estimator for n in nodes]
+
     def calibrate_with(p: float) -> None:
-        for n in nodes:
-            n.quantizer.estimator = TokenWiseClip(p)
-            n.quantizer.reset()
-            n.quantizer.observing = True
-        for n in exempt:
-            n.quantizer.reset()
-            n.quantizer.observing = True
-        for b in batches:
-            qm(**b)
-        for n in nodes + exempt:
-            n.quantizer.observing = False
+        for n, rec in zip(nodes, recorders):
+            n.quantizer.estimator = rec.token_wise_clip(p)
             n.quantizer.fix()
 
     losses = {}

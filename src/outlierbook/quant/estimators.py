@@ -262,8 +262,12 @@ class TokenWiseClip(CurrentMinMax):
 
     def update(self, tokens):
         tokens = tokens.detach().float().reshape(-1, tokens.shape[-1])
-        hi = self._clip(tokens.amax(1), self.p).reshape(1)
-        lo = self._clip(tokens.amin(1), self.p).reshape(1)
+        self.update_extremes(tokens.amax(1), tokens.amin(1))
+
+    def update_extremes(self, maxima: torch.Tensor, minima: torch.Tensor) -> None:
+        """One batch given by its per-token maxima $m_t$ and minima $n_t$ (what :meth:`update` computes)."""
+        hi = self._clip(maxima, self.p).reshape(1)
+        lo = self._clip(minima, self.p).reshape(1)
         n = self.n_updates
         self.lo = lo if self.lo is None else (self.lo * n + lo) / (n + 1)
         self.hi = hi if self.hi is None else (self.hi * n + hi) / (n + 1)
@@ -273,8 +277,40 @@ class TokenWiseClip(CurrentMinMax):
         return f"TokenWiseClip(p={self.p})"
 
 
+class TokenExtremes(CurrentMinMax):
+    """Records each batch's per-token maxima and minima, so that :class:`TokenWiseClip` ranges for any
+    number of quantiles $p$ can be derived from one pass (they depend on the data only through these).
+
+    Its own range is the min-max over all batches; :meth:`token_wise_clip` gives the token-wise clip estimator for a $p$.
+    """
+
+    name = "token_extremes"
+    token_wise = True
+
+    def reset(self):
+        super().reset()
+        self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def update(self, tokens):
+        tokens = tokens.detach().float().reshape(-1, tokens.shape[-1])
+        maxima, minima = tokens.amax(1), tokens.amin(1)
+        self.batches.append((maxima, minima))
+        lo, hi = minima.min().reshape(1), maxima.max().reshape(1)
+        self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
+        self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
+        self.n_updates += 1
+
+    def token_wise_clip(self, p: float) -> "TokenWiseClip":
+        """A ``TokenWiseClip(p)`` fed the recorded batches: the same state as calibrating it directly."""
+        self._require_data()
+        est = TokenWiseClip(p)
+        for maxima, minima in self.batches:
+            est.update_extremes(maxima, minima)
+        return est
+
+
 ESTIMATORS = {cls.name: cls for cls in (CurrentMinMax, AllMinMax, RunningMinMax, AvgMinMax, Percentile, MSE,
-                                        GoldenSectionMSE, TokenWiseClip)}
+                                        GoldenSectionMSE, TokenWiseClip, TokenExtremes)}
 
 
 def make_estimator(spec) -> RangeEstimator:
