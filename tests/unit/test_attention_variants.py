@@ -141,3 +141,21 @@ def test_opt_os_placement_quantizes_the_matmul_inputs_only():
     assert len(names) == 2 * (len(OPT_PLACEMENTS["os"]) - 1) + 1
     assert "layer0.ffn.output" not in names and "layer1.ffn.act" in names
     qm.remove()
+
+
+def test_gamma_scale_zero_gives_softmax_and_one_the_configured_gamma():
+    from outlierbook.models.attention_variants import set_gamma_scale
+
+    batch = _batch()
+    m = batch["attention_mask"].bool()
+    vanilla = _bert()
+    ref = vanilla(**batch).last_hidden_state
+    bert = install(_bert(), AttentionVariant(softmax="clipped", gamma=-0.2, zeta=1.0))
+    clipped = bert(**batch).last_hidden_state
+    assert not torch.allclose(clipped[m], ref[m], atol=1e-4)
+    set_gamma_scale(bert, 0.0)
+    assert torch.allclose(bert(**batch).last_hidden_state[m], ref[m], atol=1e-5)
+    set_gamma_scale(bert, 1.0)
+    assert torch.allclose(bert(**batch).last_hidden_state, clipped, atol=0)
+    with pytest.raises(ConfigError):
+        set_gamma_scale(bert, 1.5)

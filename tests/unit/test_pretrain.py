@@ -70,3 +70,20 @@ def test_config_errors():
         PretrainConfig(kind="seq2seq")
     with pytest.raises(ConfigError):
         PretrainConfig(hidden=30, heads=4)
+
+
+def test_gamma_ramp_starts_from_softmax_and_ends_at_the_configured_gamma(tok_and_blocks, tmp_path, monkeypatch):
+    from outlierbook.models.attention_variants import attention_modules
+
+    tok, blocks = tok_and_blocks
+    monkeypatch.setenv("OUTLIERBOOK_CACHE", str(tmp_path))
+    seen = []
+    cfg = PretrainConfig(kind="mlm", variant=AttentionVariant(softmax="clipped", alpha=4.0, seq_len=16), hidden=32,
+                         layers=2, heads=2, ffn=64, seq_len=16, steps=8, batch_size=8, dropout=0.0, gamma_ramp=0.5,
+                         track_every=1, checkpoint_every=8)
+    model, _ = pretrain(cfg, tok, blocks, progress=False,
+                        track=lambda m: seen.append(attention_modules(m)[0].outlierbook_gamma_scale) or {})
+    assert seen == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0]  # scale used at steps 0..7
+    assert all(m.outlierbook_gamma_scale == 1.0 for m in attention_modules(model))
+    with pytest.raises(ConfigError):
+        PretrainConfig(gamma_ramp=2.0)

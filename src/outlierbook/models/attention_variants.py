@@ -80,10 +80,30 @@ class AttentionVariant:
     def effective_gamma(self) -> float:
         return gamma_for(self.alpha, self.seq_len) if self.alpha is not None else self.gamma
 
-    def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+    def probabilities(self, scores: torch.Tensor, gamma_scale: float = 1.0) -> torch.Tensor:
+        """``gamma_scale`` ∈ [0, 1] multiplies γ (the warm-up ramp of :func:`set_gamma_scale`)."""
         if self.softmax == "vanilla":
             return torch.softmax(scores, dim=-1)
-        return clipped_softmax(scores, -1, self.effective_gamma, self.zeta)
+        return clipped_softmax(scores, -1, gamma_scale * self.effective_gamma, self.zeta)
+
+
+def module_probabilities(module: nn.Module, scores: torch.Tensor) -> torch.Tensor:
+    """The attention probabilities of an installed module: its variant at its current γ scale."""
+    variant: AttentionVariant = module.outlierbook_variant
+    return variant.probabilities(scores, getattr(module, "outlierbook_gamma_scale", 1.0))
+
+
+def set_gamma_scale(model: nn.Module, scale: float) -> None:
+    r"""Scale every layer's clipped-softmax γ by ``scale`` (1 = the configured γ).
+
+    Our remedy for notes §3.7 (not in the paper): at small width a freshly initialised model attends
+    almost uniformly, $p \approx 1/T$, so with $\gamma = -\alpha/T$, $\alpha > 1$ every probability is clipped
+    to zero and attention receives no gradient. Ramping γ from 0 during warm-up lets attention sharpen first.
+    """
+    if not 0.0 <= scale <= 1.0:
+        raise ConfigError(f"the γ scale must lie in [0, 1], got {scale}")
+    for m in attention_modules(model):
+        object.__setattr__(m, "outlierbook_gamma_scale", float(scale))
 
 
 class AttentionGate(nn.Module):
@@ -126,13 +146,12 @@ class AttentionGate(nn.Module):
 
 def variant_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Eager attention with the module's variant: (clipped) softmax, then the optional per-head gate."""
-    variant: AttentionVariant = module.outlierbook_variant
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is not None:
         scores = scores + attention_mask[..., : key.shape[-2]]
-    probs = variant.probabilities(scores)
+    probs = module_probabilities(module, scores)
     probs = nn.functional.dropout(probs, p=dropout, training=module.training)
     context = torch.matmul(probs, value)  # [B, H, T, d_head]
     gate = getattr(module, "outlierbook_gate", None)

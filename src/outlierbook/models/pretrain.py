@@ -7,7 +7,8 @@ documents concatenated (separated by ``</s>``) and cut into blocks of ``seq_len`
 of tokens (80 % ``[MASK]``, 10 % random, 10 % kept).
 
 The loop: AdamW, linear warm-up then linear decay, gradient clipping, optional weight decay on LayerNorm
-γ (the OPT recipe's ``--wd_LN_gamma``), safetensors checkpoints every ``checkpoint_every`` steps with the
+γ (the OPT recipe's ``--wd_LN_gamma``), an optional linear ramp of the clipped-softmax γ from 0 (``gamma_ramp``,
+our remedy for dead attention at initialisation, not the paper's), safetensors checkpoints every ``checkpoint_every`` steps with the
 optimizer, scheduler, RNG and data position, **resumed** automatically from the latest one; the loss curve
 and the outlier statistics (``track``) are saved as JSON beside the checkpoints, written atomically.
 """
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from ..errors import ConfigError
 from ..nbsetup import progress_enabled
 from ..paths import cache_dir
-from .attention_variants import AttentionVariant, install
+from .attention_variants import AttentionVariant, install, set_gamma_scale
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class PretrainConfig:
     warmup: float = 0.05
     weight_decay: float = 0.01
     wd_ln_gamma: bool = False
+    gamma_ramp: float = 0.0  # clipped softmax: γ ramps linearly from 0 over this fraction of the steps
     dropout: float = 0.1
     seed: int = 0
     checkpoint_every: int = 200
@@ -56,6 +58,8 @@ class PretrainConfig:
             raise ConfigError(f"unknown model kind {self.kind!r}; use 'mlm' (encoder) or 'clm' (decoder)")
         if self.hidden % self.heads:
             raise ConfigError(f"hidden size {self.hidden} is not divisible by {self.heads} heads")
+        if not 0.0 <= self.gamma_ramp <= 1.0:
+            raise ConfigError(f"gamma_ramp is a fraction of the training steps in [0, 1], got {self.gamma_ramp}")
 
     def key(self) -> str:
         d = asdict(self)
@@ -175,7 +179,10 @@ def pretrain(cfg: PretrainConfig, tokenizer, blocks: torch.Tensor, track=None, p
     model.train()
     bar = tqdm(range(start, cfg.steps), desc=f"pre-train {cfg.key()}", initial=start, total=cfg.steps,
                disable=not (progress and progress_enabled()))
+    ramp_steps = int(cfg.gamma_ramp * cfg.steps) if cfg.variant.softmax == "clipped" else 0
     for step in bar:
+        if ramp_steps:
+            set_gamma_scale(model, min(1.0, step / ramp_steps))
         mask_gen.manual_seed(cfg.seed + 1 + step)  # masking depends on the step only: resumable
         idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         loss = model(**make_batch(blocks, idx, cfg, tokenizer, mask_gen)).loss
@@ -192,4 +199,6 @@ def pretrain(cfg: PretrainConfig, tokenizer, blocks: torch.Tensor, track=None, p
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             checkpoint(step + 1)
         bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
+    if ramp_steps:
+        set_gamma_scale(model, 1.0)
     return accelerator.unwrap_model(model).eval(), history

@@ -55,6 +55,7 @@ from ..errors import ConfigError, OutlierBookError
 from .fake_quant import FakeQuantizer
 from .granularity import Granularity
 from .quantizer import Grid
+from ..models.attention_variants import module_probabilities
 
 ATTENTION_NAME = "outlierbook_quant"
 
@@ -210,7 +211,7 @@ def quantized_attention(module, query, key, value, attention_mask, scaling=None,
         scores = scores + attention_mask[..., : key.shape[-2]]
     variant = getattr(module, "outlierbook_variant", None)  # clipped softmax / gates (attention_variants.py)
     softmax = getattr(module, "outlierbook_softmax", None) or (
-        variant.probabilities if variant is not None else (lambda s: torch.softmax(s, dim=-1)))
+        (lambda s: module_probabilities(module, s)) if variant is not None else (lambda s: torch.softmax(s, dim=-1)))
     probs = softmax(scores)
     if "probs" in nodes:
         probs = nodes["probs"](probs)
