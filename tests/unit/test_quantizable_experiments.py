@@ -27,6 +27,31 @@ def test_live_rows_train_and_evaluate(tmp_path, monkeypatch):
         cfg = PretrainConfig(**{**base, "kind": kind})
         model, hist = qx.train_with_tracking(cfg, tok, train, test, progress=False)
         assert [t["step"] for t in hist["track"]] == [4, 8] and hist["track"][0]["max_inf_norm"] > 0
-        ev = qx.evaluate_trained(model, cfg, tok, train, test, calib_batches=2, batch_size=8)
+        ev = qx.evaluate_trained(model, cfg, tok, train, test, calib_batches=2, batch_size=8, ptq_seeds=(0, 1),
+                                 act_estimators=["running_minmax", ("percentile", {"p": 99.9})])
         assert all(math.isfinite(ev[k]) for k in ("ppl_fp", "ppl_w8a8", "avg_kurtosis"))
-        assert ev["ppl_w8a8"] != ev["ppl_fp"]
+        assert ev["ppl_w8a8"] != ev["ppl_fp"] and ev["ppl_w8a8_std"] > 0
+        per = {k: v for k, v in ev.items() if k.startswith("ppl_w8a8/")}
+        assert set(per) == {"ppl_w8a8/running_minmax", "ppl_w8a8/percentile:99.9"}
+        assert ev["ppl_w8a8"] == min(per.values()) and per[f"ppl_w8a8/{ev['w8a8_estimator']}"] == ev["ppl_w8a8"]
+
+
+def test_calibration_subsets_differ_by_seed_and_summary_statistics():
+    import pytest
+
+    from outlierbook.errors import ConfigError
+
+    blocks = torch.arange(40 * 4).view(40, 4)
+    a, b = qx.calibration_subset(blocks, 2, 5, seed=0), qx.calibration_subset(blocks, 2, 5, seed=1)
+    assert len(a) == 2 and a[0]["input_ids"].shape == (5, 4)
+    assert not torch.equal(a[0]["input_ids"], b[0]["input_ids"])
+    assert torch.equal(a[0]["input_ids"], qx.calibration_subset(blocks, 2, 5, seed=0)[0]["input_ids"])
+    with pytest.raises(ConfigError):
+        qx.calibration_subset(blocks, 0, 5, seed=0)
+    rows = [{"label": "v", "ppl_fp": 2.0, "max_inf_norm": 10.0, "avg_kurtosis": 3.0, "ppl_w8a8": 4.0},
+            {"label": "v", "ppl_fp": 4.0, "max_inf_norm": 30.0, "avg_kurtosis": 5.0, "ppl_w8a8": 6.0},
+            {"label": "c", "ppl_fp": 3.0, "max_inf_norm": 1.0, "avg_kurtosis": 1.0, "ppl_w8a8": 3.0}]
+    s = qx.mean_std(rows).set_index("label")
+    assert s.loc["v", "ppl_fp"] == 3.0 and s.loc["v", "ppl_fp_std"] == pytest.approx(math.sqrt(2))
+    assert s.loc["c", "max_inf_norm_std"] == 0.0 and s.loc["v", "n_seeds"] == 2
+    assert qx.relative_log_ppl(math.e, math.e ** 2) == pytest.approx(2.0)

@@ -3,10 +3,13 @@ tracking, and the evaluation of a trained model (FP perplexity, outlier statisti
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..analysis.lm_outliers import outlier_stats
 from ..data.corpus import training_texts, wikitext2
+from ..errors import ConfigError
 from ..models.attention_variants import attention_modules, live_rows
 from ..models.lm_eval import perplexity
 from ..models.pretrain import PretrainConfig, build_model, make_batch, pretrain, token_blocks
@@ -61,18 +64,87 @@ def train_with_tracking(cfg: PretrainConfig, tok, train: torch.Tensor, test: tor
     return pretrain(cfg, tok, train, track=track, progress=progress)
 
 
+def calibration_subset(blocks: torch.Tensor, n_batches: int, batch_size: int, seed: int) -> list[dict]:
+    """``n_batches`` batches of randomly chosen training blocks: the paper's "different random subsets of
+    training data are used for quantizer range estimation", one subset per PTQ seed."""
+    if n_batches < 1 or batch_size < 1:
+        raise ConfigError("calibration needs at least one batch of at least one block")
+    idx = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))[: n_batches * batch_size]
+    return held_out_batches(blocks[idx], n=n_batches, batch_size=batch_size)
+
+
+def w8a8_perplexity(model, cfg: PretrainConfig, tok, train: torch.Tensor, test: torch.Tensor, seed: int = 0,
+                    calib_batches: int = 16, batch_size: int = 16, act_estimator="running_minmax") -> float:
+    """Perplexity after W8A8 PTQ: symmetric per-tensor weights, asymmetric activations, the 2021/2023
+    placement (scores before and probabilities after the variant's softmax, context after the gate; the
+    gate itself and the LM head FP), static ranges from one seeded calibration subset."""
+    qm = quantize_model(model, placement="bondarenko", weight_bits=8, act_bits=8, act_estimator=act_estimator)
+    try:
+        calibrate(qm, calibration_subset(train, calib_batches, batch_size, seed))
+        qm.set_mode(weights=True, acts=True)
+        return perplexity(qm, test, cfg.kind, tok, batch_size, cfg.seed)
+    finally:
+        qm.remove()
+
+
+def _estimator_label(spec) -> str:
+    if isinstance(spec, str):
+        return spec
+    name, kw = spec
+    return name + "".join(f":{v}" for v in kw.values())
+
+
 def evaluate_trained(model, cfg: PretrainConfig, tok, train: torch.Tensor, test: torch.Tensor,
-                     calib_batches: int = 16, batch_size: int = 16, act_estimator="running_minmax") -> dict:
-    """FP perplexity, outlier statistics and W8A8 perplexity (symmetric weights, asymmetric activations,
-    the 2021/2023 placement, ranges from ``calib_batches`` training batches; LM head FP)."""
+                     calib_batches: int = 16, batch_size: int = 16, act_estimator="running_minmax",
+                     ptq_seeds=(0,), act_estimators=None) -> dict:
+    """FP perplexity, outlier statistics on held-out blocks, and W8A8 perplexity.
+
+    W8A8 is run for every range estimator in ``act_estimators`` (default: just ``act_estimator``) and every
+    PTQ seed; like the paper we report the best estimator's mean (``ppl_w8a8``, ``ppl_w8a8_std``,
+    ``w8a8_estimator``) and keep each estimator's mean as ``ppl_w8a8/<estimator>``.
+    """
     out = {"ppl_fp": perplexity(model, test, cfg.kind, tok, batch_size, cfg.seed)}
     stats = outlier_stats(model, held_out_batches(test))
     out.update({k: stats[k] for k in ("max_inf_norm", "avg_kurtosis", "max_kurtosis")})
-    qm = quantize_model(model, placement="bondarenko", weight_bits=8, act_bits=8, act_estimator=act_estimator)
-    try:
-        calibrate(qm, held_out_batches(train, n=calib_batches, batch_size=batch_size))
-        qm.set_mode(weights=True, acts=True)
-        out["ppl_w8a8"] = perplexity(qm, test, cfg.kind, tok, batch_size, cfg.seed)
-    finally:
-        qm.remove()
+    per = {}
+    for spec in act_estimators or [act_estimator]:
+        vals = torch.tensor([w8a8_perplexity(model, cfg, tok, train, test, s, calib_batches, batch_size, spec)
+                             for s in ptq_seeds], dtype=torch.float64)
+        per[_estimator_label(spec)] = (float(vals.mean()), float(vals.std()) if len(vals) > 1 else 0.0)
+    best = min(per, key=lambda k: per[k][0])
+    out.update(ppl_w8a8=per[best][0], ppl_w8a8_std=per[best][1], w8a8_estimator=best)
+    out.update({f"ppl_w8a8/{k}": v[0] for k, v in per.items()})
     return out
+
+
+def train_and_evaluate(label: str, cfg: PretrainConfig, tok, train: torch.Tensor, test: torch.Tensor,
+                       progress: bool = True, **eval_kw) -> tuple[dict, dict]:
+    """Pre-train ``cfg`` (or load it from its checkpoint) and evaluate it; returns (result row, history)."""
+    model, history = train_with_tracking(cfg, tok, train, test, progress=progress)
+    row = {"label": label, "kind": cfg.kind, "seed": cfg.seed, "softmax": cfg.variant.softmax,
+           "gamma": cfg.variant.effective_gamma, "zeta": cfg.variant.zeta, "gate": cfg.variant.gate or "",
+           "pi_init": cfg.variant.pi_init if cfg.variant.gate else None, "seq_len": cfg.seq_len,
+           "final_loss": history["loss"][-1], **evaluate_trained(model, cfg, tok, train, test, **eval_kw)}
+    return row, history
+
+
+METRICS = ("ppl_fp", "max_inf_norm", "avg_kurtosis", "ppl_w8a8")
+
+
+def mean_std(rows, by=("label",), metrics=METRICS):
+    """Mean and (sample) std over training seeds of each metric, per group (pandas, one row per group)."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    g = df.groupby(list(by), sort=False)[list(metrics)]
+    mean, std = g.mean(), g.std(ddof=1).fillna(0.0)
+    out = mean.copy()
+    for m in metrics:
+        out[f"{m}_std"] = std[m]
+    out["n_seeds"] = g.size()
+    return out.reset_index()
+
+
+def relative_log_ppl(ppl: float, reference: float) -> float:
+    """Figure 6 (a): relative FP log-perplexity, $\log \mathrm{ppl}_{ref} / \log \mathrm{ppl}$ (> 1 is better)."""
+    return math.log(reference) / math.log(ppl)
