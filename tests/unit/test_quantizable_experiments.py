@@ -27,6 +27,7 @@ def test_live_rows_train_and_evaluate(tmp_path, monkeypatch):
         cfg = PretrainConfig(**{**base, "kind": kind})
         model, hist = qx.train_with_tracking(cfg, tok, train, test, progress=False)
         assert [t["step"] for t in hist["track"]] == [4, 8] and hist["track"][0]["max_inf_norm"] > 0
+        assert hist["track"][-1]["live_rows"] == 1.0  # vanilla softmax never outputs exact zeros
         ev = qx.evaluate_trained(model, cfg, tok, train, test, calib_batches=2, batch_size=8, ptq_seeds=(0, 1),
                                  act_estimators=["running_minmax", ("percentile", {"p": 99.9})])
         assert all(math.isfinite(ev[k]) for k in ("ppl_fp", "ppl_w8a8", "avg_kurtosis"))

@@ -54,12 +54,21 @@ def held_out_batches(blocks: torch.Tensor, n: int = 4, batch_size: int = 16) -> 
 
 
 def train_with_tracking(cfg: PretrainConfig, tok, train: torch.Tensor, test: torch.Tensor, progress: bool = True):
-    """Pre-train (or resume) with the outlier statistics of a fixed held-out batch logged during training."""
+    """Pre-train (or resume) with the outlier statistics of a fixed held-out batch logged during training,
+    and the share of attention rows that keep any non-zero probability (``live_rows``, notes §3.7)."""
     probe = held_out_batches(test, n=1)
 
     def track(model):
-        s = outlier_stats(model, probe)
-        return {k: s[k] for k in ("max_inf_norm", "avg_kurtosis", "max_kurtosis")}
+        shares = []
+        hooks = [m.register_forward_hook(lambda mod, args, out: shares.append(live_rows(out[1])))
+                 for m in attention_modules(model)]
+        try:
+            s = outlier_stats(model, probe)
+        finally:
+            for h in hooks:
+                h.remove()
+        return {**{k: s[k] for k in ("max_inf_norm", "avg_kurtosis", "max_kurtosis")},
+                "live_rows": sum(shares) / len(shares)}
 
     return pretrain(cfg, tok, train, track=track, progress=progress)
 
@@ -148,3 +157,24 @@ def mean_std(rows, by=("label",), metrics=METRICS):
 def relative_log_ppl(ppl: float, reference: float) -> float:
     """Figure 6 (a): relative FP log-perplexity, $\log \mathrm{ppl}_{ref} / \log \mathrm{ppl}$ (> 1 is better)."""
     return math.log(reference) / math.log(ppl)
+
+
+def run_models(named: dict, seeds, data: dict, progress: bool = True, **eval_kw) -> tuple[list[dict], dict]:
+    """Train and evaluate every ``{label: PretrainConfig}`` for every training seed.
+
+    ``data`` maps a sequence length T to its ``(tokenizer, train_blocks, test_blocks)``. Identical configs
+    share one checkpoint directory, so a model that appears in several experiments is trained once.
+    Returns the result rows and ``{(label, seed): history}``.
+    """
+    from dataclasses import replace
+
+    rows, histories = [], {}
+    for label, cfg in named.items():
+        if cfg.seq_len not in data:
+            raise ConfigError(f"{label}: no data prepared for sequence length {cfg.seq_len}; have {sorted(data)}")
+        tok, train, test = data[cfg.seq_len]
+        for seed in seeds:
+            row, hist = train_and_evaluate(label, replace(cfg, seed=seed), tok, train, test, progress=progress, **eval_kw)
+            rows.append(row)
+            histories[(label, seed)] = hist
+    return rows, histories
