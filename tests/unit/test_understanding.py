@@ -77,3 +77,10 @@ def test_range_grid_labels_and_qat_refuses_zero_shot():
     setup = TaskSetup("stsb", None, None, None, None, "spearman", zero_shot=True)
     with pytest.raises(ConfigError, match="stsb_head"):
         ux.qat_run(setup)
+
+
+def test_word_embedding_share_counts_the_table():
+    from outlierbook.experiments.understanding import bert_base_skeleton, word_embedding_share
+
+    share = word_embedding_share(bert_base_skeleton())
+    assert share == pytest.approx(30522 * 768 / 109482240, rel=1e-6)  # BERT-base: 109.48 M parameters

@@ -250,6 +250,24 @@ def weight_ptq(setup, weight_bits: int, seeds, config: dict | None = None) -> fl
     return statistics.median(values)
 
 
+def word_embedding_share(model: torch.nn.Module) -> float:
+    """Parameters of the word-embedding table over all parameters of ``model``."""
+    tables = [m.weight.numel() for n, m in model.named_modules()
+              if isinstance(m, torch.nn.Embedding) and n.endswith("word_embeddings")]
+    if len(tables) != 1:
+        raise ConfigError(f"expected one word-embedding table, found {len(tables)}")
+    return tables[0] / sum(p.numel() for p in model.parameters())
+
+
+def bert_base_skeleton() -> torch.nn.Module:
+    """BERT-base's architecture (``BertConfig()``'s defaults: 30 522 tokens, 12 × 768) with weights on the
+    meta device: parameter counts without downloading anything."""
+    from transformers import BertConfig, BertModel
+
+    with torch.device("meta"):
+        return BertModel(BertConfig())
+
+
 def memory_reduction(model: torch.nn.Module, weight_bits: int, word_embedding_bits: int | None = None) -> dict:
     """FP32 size over quantized size, from the model's actual parameter counts.
 
