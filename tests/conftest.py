@@ -18,12 +18,9 @@ import pytest  # noqa: E402
 @pytest.fixture
 def tiny_bert():
     """A random 2-layer BERT classifier (hidden 16) with random LayerNorm γ/β, and one padded batch."""
-    from transformers import BertConfig, BertForSequenceClassification
+    from tiny_models import tiny_classifier
 
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
-                                                     num_attention_heads=2, intermediate_size=32,
-                                                     max_position_embeddings=32, num_labels=2)).eval()
+    model = tiny_classifier(0)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.LayerNorm):

@@ -9,6 +9,7 @@ from outlierbook.quant.fake_quant import FakeQuantizer
 from outlierbook.quant.granularity import Granularity
 from outlierbook.quant.nodes import quantize_model
 from outlierbook.quant.quantizer import Grid
+from tiny_models import tiny_classifier as tiny
 
 
 def activations(seed=0):
@@ -41,11 +42,6 @@ def test_group_indices_partition_the_channels():
     assert len(groups) == 4 and sorted(torch.cat(groups).tolist()) == list(range(12))
 
 
-def tiny():
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                     max_position_embeddings=32, num_labels=2)
-    return BertForSequenceClassification(cfg).eval()
 
 
 def batch():

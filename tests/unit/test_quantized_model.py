@@ -8,13 +8,9 @@ from outlierbook.errors import ConfigError, OutlierBookError
 from outlierbook.quant.calibrate import calibrate
 from outlierbook.quant.fake_quant import NaNActivationError
 from outlierbook.quant.nodes import KINDS, PLACEMENTS, quantize_model
+from tiny_models import tiny_classifier as tiny_bert
 
 
-def tiny_bert(seed=0):
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                     max_position_embeddings=32, num_labels=2)
-    return BertForSequenceClassification(cfg).eval()
 
 
 def batch(seed=0, pad=True):

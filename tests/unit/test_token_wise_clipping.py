@@ -7,6 +7,7 @@ from outlierbook.methods import token_wise_clipping as twc
 from outlierbook.quant.calibrate import calibrate
 from outlierbook.quant.estimators import TokenWiseClip
 from outlierbook.quant.nodes import quantize_model
+from tiny_models import tiny_classifier as tiny
 
 
 def test_grid_follows_the_authors_step_rule():
@@ -19,11 +20,6 @@ def test_grid_follows_the_authors_step_rule():
         twc.grid(5)
 
 
-def tiny():
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                     max_position_embeddings=32, num_labels=2)
-    return BertForSequenceClassification(cfg).eval()
 
 
 def batches():
