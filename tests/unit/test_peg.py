@@ -1,7 +1,6 @@
 """PEG: grouping, permutation round trip, K=1 equals per-tensor, grouped-Linear equivalence."""
 
 import torch
-from transformers import BertConfig, BertForSequenceClassification
 
 from outlierbook.methods import peg
 from outlierbook.quant.calibrate import calibrate

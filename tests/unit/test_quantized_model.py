@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
 
 from outlierbook.errors import ConfigError, OutlierBookError
 from outlierbook.quant.calibrate import calibrate

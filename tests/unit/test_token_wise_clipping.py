@@ -1,6 +1,5 @@
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
 
 from outlierbook.errors import ConfigError
 from outlierbook.methods import token_wise_clipping as twc
