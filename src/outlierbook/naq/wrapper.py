@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..quant.nodes import find_parts
+from ..quant.nodes import find_parts, real_tokens
 from .lowprec import low_precision_linear, quantize_fixed
 
 ATTENTION_NAME = "outlierbook_naq"
@@ -149,12 +149,8 @@ class NAQModel(nn.Module):
         return self.model.config
 
     def forward(self, **inputs):
-        mask = inputs.get("attention_mask")
-        self.token_mask = None if mask is None else mask.bool()
-        try:
+        with real_tokens(self, inputs):
             return self.model(**inputs)
-        finally:
-            self.token_mask = None
 
     def remove(self) -> nn.Module:
         for h in self._hooks:

@@ -274,6 +274,18 @@ def find_parts(model: nn.Module) -> Parts:
 # ---------------------------------------------------------------------- the wrapper
 
 
+@contextlib.contextmanager
+def real_tokens(owner, inputs: dict):
+    """During one forward, ``owner.token_mask`` is the batch's real-token mask ``[B, T]`` (``None``: every
+    token real), so nodes deep in the model can ignore padding in statistics and counts."""
+    mask = inputs.get("attention_mask")
+    owner.token_mask = None if mask is None else mask.bool()
+    try:
+        yield
+    finally:
+        owner.token_mask = None
+
+
 class QuantizedModel(nn.Module):
     """A BERT-family model with named activation and weight quantization nodes.
 
@@ -471,14 +483,9 @@ class QuantizedModel(nn.Module):
         return self.model.config
 
     def forward(self, **inputs):
-        mask = inputs.get("attention_mask")
-        self.token_mask = None if mask is None else mask.bool()
         ctx = parametrize.cached() if not torch.is_grad_enabled() else contextlib.nullcontext()
-        try:
-            with ctx:
-                return self.model(**inputs)
-        finally:
-            self.token_mask = None
+        with real_tokens(self, inputs), ctx:
+            return self.model(**inputs)
 
     def summary(self) -> list[dict]:
         rows = []
