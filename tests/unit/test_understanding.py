@@ -84,3 +84,28 @@ def test_word_embedding_share_counts_the_table():
 
     share = word_embedding_share(bert_base_skeleton())
     assert share == pytest.approx(30522 * 768 / 109482240, rel=1e-6)  # BERT-base: 109.48 M parameters
+
+
+def test_range_search_shares_w32a8_and_w8a32_without_changing_any_value(tiny_bert, monkeypatch):
+    """The search evaluates W32A8 once per activation setting and W8A32 once per weight estimator;
+    every value must equal a fresh wrap-calibrate-score of that setting and mode."""
+    import types
+
+    model, batch = tiny_bert
+    pool = [batch]
+
+    def score(qm):
+        with torch.no_grad():
+            return float(qm(**batch).logits.sum())
+
+    setup = types.SimpleNamespace(task="t", model=model, score=score)
+    grid = ux.range_grid(weights=("current_minmax", "mse"), acts=(("current_minmax", 1, 1), ("running_minmax", 1, 1)))
+    monkeypatch.setattr(ux, "batches_for", lambda s, setting, seed: [{k: v[seed:seed + 2] for k, v in pool[0].items()}])
+    found = ux.range_search(setup, grid, seeds=[0, 1])
+    assert len(found) == len(grid) * 2 * 3
+    for r in found.itertuples():
+        setting = next(g for g in grid if g.label == r.setting)
+        qm = ux.wrap(model, setting=setting)
+        calibrate(qm, ux.batches_for(setup, setting, r.seed))
+        assert score(qm.set_mode(*ux.MODES[r.mode])) == pytest.approx(r.value, rel=1e-6), (r.setting, r.mode)
+        qm.remove()
