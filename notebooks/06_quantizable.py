@@ -285,8 +285,20 @@ paper2 = compare.load_paper("quantizable", "Table 2").pivot(index="setting", col
 print(paper2[["FP ppl", "max inf-norm", "avg kurtosis", "W8A8 ppl"]].to_string())
 
 # %% [markdown]
-# Did clipping leave attention alive? The live-row share at the end of training, per model (vanilla
-# softmax is always 1):
+# Did clipping leave attention alive? The share of attention rows with any non-zero probability on the
+# probe batch during training (vanilla softmax and the gated models are always at 1), and its value at
+# the end of training:
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3))
+for (label, s), h in t2_hist.items():
+    if s == seeds[0] and "clipped" in label:
+        tr = pd.DataFrame(h["track"])
+        ax.plot(tr["step"], tr["live_rows"], marker="o", ms=3, label=label)
+ax.axvline(gamma_ramp * steps, ls=":", color="grey")
+ax.set(xlabel="training step (dotted: end of the γ ramp)", ylabel="live attention rows", ylim=(-0.05, 1.05))
+ax.legend()
+plt.show()
 
 # %% tags=["nbval-check-output"]
 print(dumps({label: round(h["track"][-1]["live_rows"], 3) for (label, s), h in t2_hist.items() if s == seeds[0]}))

@@ -28,3 +28,32 @@ def test_qat_updates_weights_and_ranges_and_keeps_quantizing(char_tokenizer):
     assert qm.mode == (True, True)
     with pytest.raises(OutlierBookError, match="training split"):
         qat(qm, TaskData("sst2", "dev", texts, None, [0] * len(texts)), tok, steps=1)
+
+
+def test_qat_and_score_scores_before_and_after_and_always_unwraps(char_tokenizer):
+    import types
+
+    from outlierbook.methods.qat import qat_and_score
+    from tiny_models import tiny_classifier
+
+    tok = char_tokenizer
+    texts = ["good film", "bad film", "great", "awful plot", "fine acting", "dull"] * 4
+    train = TaskData("sst2", "train", texts, None, [1, 0, 1, 0, 1, 0] * 4)
+    model = tiny_classifier(0, layers=1)
+    dev = tok(texts[:6])
+
+    def score(qm):
+        with torch.no_grad():
+            return float(qm(**dev).logits[:, 1].sum())
+
+    setup = types.SimpleNamespace(calibration=train, tokenizer=tok, score=score)
+    qm = calibrate(quantize_model(model, weight_bits=4, act_bits=8), [dev]).set_mode(True, True)
+    ptq = score(qm)
+    out = qat_and_score(qm, setup, steps=3, batch_size=6, lr=1e-2, progress=False)
+    assert out["ptq"] == ptq and out["value"] != ptq and out["final_loss"] > 0
+    assert not hasattr(model.bert.encoder.layer[0].intermediate.dense, "parametrizations")  # unwrapped
+    qm = calibrate(quantize_model(model, weight_bits=4, act_bits=8), [dev]).set_mode(True, True)
+    bad = types.SimpleNamespace(calibration=TaskData("sst2", "dev", texts, None, [0] * 24), tokenizer=tok, score=score)
+    with pytest.raises(OutlierBookError):
+        qat_and_score(qm, bad, steps=1, progress=False)
+    assert not hasattr(model.bert.encoder.layer[0].intermediate.dense, "parametrizations")  # unwrapped on error too

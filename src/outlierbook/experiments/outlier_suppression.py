@@ -159,24 +159,18 @@ QAT_VARIANTS = {
 def qat_variant(setup, variant: str, bits: Bits, batches, steps: int, batch_size: int = 32, lr: float = 2e-5,
                 seed: int = 0, twc_max_candidates: int | None = None, progress: bool = True) -> dict:
     """Quantization-aware training of a *copy* of the FP model from one of :data:`QAT_VARIANTS`."""
-    from ..methods.qat import qat
+    from ..methods.qat import qat_and_score
 
     if variant not in QAT_VARIANTS:
         raise ConfigError(f"unknown QAT variant {variant!r}; use one of: {', '.join(QAT_VARIANTS)}")
     init, pact = QAT_VARIANTS[variant]
-    model = copy.deepcopy(setup.model)
     migrated = migrated_copy(setup.model) if init.startswith("gm+") else None
-    qm, info = calibrate_method(model, migrated, init, bits, batches, twc_max_candidates=twc_max_candidates)
-    try:
-        ptq_value = setup.score(qm)
-        losses = qat(qm, setup.calibration, setup.tokenizer, steps=steps, batch_size=batch_size, lr=lr,
-                     seed=seed, pact=pact, progress=progress)
-        qm.eval()
-        value = setup.score(qm)
-    finally:
-        qm.remove()
-    return {"task": setup.task, "variant": variant, "bits": str(bits), "ptq_init": ptq_value, "value": value,
-            "final_loss": sum(losses[-10:]) / len(losses[-10:]), "steps": steps}
+    qm, _ = calibrate_method(copy.deepcopy(setup.model), migrated, init, bits, batches,
+                             twc_max_candidates=twc_max_candidates)
+    result = qat_and_score(qm, setup, steps=steps, batch_size=batch_size, lr=lr, seed=seed, pact=pact,
+                           progress=progress)
+    return {"task": setup.task, "variant": variant, "bits": str(bits), "ptq_init": result["ptq"],
+            "value": result["value"], "final_loss": result["final_loss"], "steps": steps}
 
 
 def ln_cosine_table(model, batches, bits: int = 6):

@@ -230,23 +230,19 @@ def qat_run(setup, weight_bits=8, act_bits=8, config: dict | None = None, steps:
             lr: float = 2e-5, seed: int = 0, init_batch: int = 16, progress: bool = True) -> dict:
     """QAT of a copy of the FP model, ranges initialised by PTQ (current min-max on one batch of
     ``init_batch`` training examples, as the authors' QAT README does) and then learned."""
-    from ..methods.qat import qat
+    from ..methods.qat import qat_and_score
 
     if setup.zero_shot:
         raise ConfigError("QAT needs a trained head; use task_setup(..., stsb_head=True) for STS-B")
-    model = copy.deepcopy(setup.model)
-    qm = wrap(model, weight_bits, act_bits, config=config)
+    qm = wrap(copy.deepcopy(setup.model), weight_bits, act_bits, config=config)
     try:
         calibrate(qm, calibration_batches(setup.calibration, setup.tokenizer, init_batch, init_batch, seed))
-        ptq_value = setup.score(qm.set_mode(weights=True, acts=True))
-        losses = qat(qm, setup.calibration, setup.tokenizer, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                     progress=progress)
-        qm.eval()
-        value = setup.score(qm)
-    finally:
+    except BaseException:
         qm.remove()
-    return {"task": setup.task, "weight_bits": weight_bits, "act_bits": act_bits, "ptq": ptq_value, "value": value,
-            "final_loss": sum(losses[-10:]) / max(len(losses[-10:]), 1), "steps": steps}
+        raise
+    result = qat_and_score(qm.set_mode(weights=True, acts=True), setup, steps=steps, batch_size=batch_size, lr=lr,
+                           seed=seed, progress=progress)
+    return {"task": setup.task, "weight_bits": weight_bits, "act_bits": act_bits, **result, "steps": steps}
 
 
 def weight_ptq(setup, weight_bits: int, seeds, config: dict | None = None) -> float:

@@ -49,3 +49,21 @@ def qat(qm: QuantizedModel, train: TaskData, tokenizer, steps: int, batch_size: 
     loader = train_loader(train, tokenizer, steps, batch_size, max_length, seed)
     _, losses = train_loop(qm, loader, groups, lr, steps, warmup, desc=f"QAT {train.task}", progress=progress)
     return losses
+
+
+def qat_and_score(qm: QuantizedModel, setup, steps: int, batch_size: int = 32, lr: float = 2e-5, seed: int = 0,
+                  pact: bool = False, progress: bool = True) -> dict:
+    """Score the PTQ-initialised wrapper ``qm`` (W+A mode) on ``setup``, train it with :func:`qat` on the
+    setup's training data, score it again, and always unwrap it.
+
+    Returns ``{"ptq", "value", "final_loss"}`` (the last value is the mean of the last 10 losses).
+    """
+    try:
+        ptq = setup.score(qm)
+        losses = qat(qm, setup.calibration, setup.tokenizer, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                     pact=pact, progress=progress)
+        qm.eval()
+        value = setup.score(qm)
+    finally:
+        qm.remove()
+    return {"ptq": ptq, "value": value, "final_loss": sum(losses[-10:]) / max(len(losses[-10:]), 1)}
