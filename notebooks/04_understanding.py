@@ -67,7 +67,7 @@ from outlierbook import claims, compare
 from outlierbook.experiments import understanding as ux
 from outlierbook.models.tasks import task_setup
 from outlierbook.quant.calibrate import calibration_batches
-from outlierbook.results import Recorder, dumps
+from outlierbook.results import Recorder, dumps, full_profile_claims
 
 
 
@@ -368,7 +368,21 @@ print("results written for", rec.chapter, rec.profile)
 # ```bash
 # .venv/bin/python -m outlierbook run 04_understanding --profile full
 # ```
+
+# %% [markdown]
+# ### The full profile's verdicts
 #
+# The full profile's results are stored with the book (`results/04_understanding/full/`), so a quick
+# build shows the verdicts of the real run here, beside the quick run's above:
+
+# %% tags=["nbval-check-output"]
+full_claims = full_profile_claims("04_understanding")
+if profile == "full":
+    print("this is the full-profile run: its verdicts are the claim checks above")
+else:
+    print("the full profile has not been run yet" if full_claims is None else full_claims.to_string(max_colwidth=110))
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. PEG with $K=3$ and no permutation: which group holds each of chapter 3's outlier dimensions,

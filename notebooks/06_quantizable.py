@@ -91,7 +91,7 @@ from outlierbook.experiments import quantizable as qx
 from outlierbook.models.attention_variants import AttentionVariant
 from outlierbook.models.pretrain import PretrainConfig
 from outlierbook.nbsetup import progress_enabled
-from outlierbook.results import Recorder, dumps
+from outlierbook.results import Recorder, dumps, full_profile_claims
 
 rec = Recorder("06_quantizable", profile, params=dict(
     hidden=hidden, layers=layers, heads=heads, ffn=ffn, seq_len=seq_len, vocab_size=vocab_size,
@@ -454,7 +454,21 @@ print("results written for", rec.chapter, rec.profile)
 #
 # Training is resumable: an interrupted run continues from the last checkpoint of each model
 # (`.cache/pretrained/<config>/`), and identical configurations are trained once.
+
+# %% [markdown]
+# ### The full profile's verdicts
 #
+# The full profile's results are stored with the book (`results/06_quantizable/full/`), so a quick
+# build shows the verdicts of the real run here, beside the quick run's above:
+
+# %% tags=["nbval-check-output"]
+full_claims = full_profile_claims("06_quantizable")
+if profile == "full":
+    print("this is the full-profile run: its verdicts are the claim checks above")
+else:
+    print("the full profile has not been run yet" if full_claims is None else full_claims.to_string(max_colwidth=110))
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. Compute the clipping threshold $-\gamma/(\zeta-\gamma)$ for the paper's BERT setting

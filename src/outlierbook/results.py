@@ -168,3 +168,14 @@ def check_param_names(given: dict, allowed) -> None:
     unknown = sorted(set(given) - set(allowed))
     if unknown:
         raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; this chapter takes: {', '.join(sorted(allowed))}")
+
+
+def full_profile_claims(chapter: str, root: Path | None = None) -> pd.DataFrame | None:
+    """The claim verdicts of a chapter's stored full-profile run, one row per claim (``None`` if it has
+    not been run): lets a quick build of the book show the real run's outcome beside its own."""
+    d = Path(root or results_dir()) / chapter / "full"
+    if not (d / "claims.json").is_file():
+        return None
+    rows = [{"id": c["id"], "holds": c["holds"], "ours": json.dumps(c.get("ours"), ensure_ascii=False, default=str)}
+            for c in json.loads((d / "claims.json").read_text())]
+    return pd.DataFrame(rows, columns=["id", "holds", "ours"]).set_index("id")

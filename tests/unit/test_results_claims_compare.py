@@ -85,3 +85,18 @@ def test_transcribed_paper_files_are_well_formed():
     assert compare.load_paper("understanding", "Table 1").shape[0] == 36
     with pytest.raises(ConfigError):
         compare.load_paper("unknown")
+
+
+def test_full_profile_claims_reads_the_stored_run_or_says_none(tmp_path):
+    import json
+
+    from outlierbook.results import full_profile_claims
+
+    assert full_profile_claims("05_x", root=tmp_path) is None
+    d = tmp_path / "05_x" / "full"
+    d.mkdir(parents=True)
+    (d / "claims.json").write_text(json.dumps([{"id": "OS-4", "holds": True, "ours": {"sst2": 1e-6}},
+                                               {"id": "OS-9", "holds": False, "ours": 3}]))
+    t = full_profile_claims("05_x", root=tmp_path)
+    assert list(t.index) == ["OS-4", "OS-9"] and t.loc["OS-9", "holds"] == False  # noqa: E712
+    assert json.loads(t.loc["OS-4", "ours"]) == {"sst2": 1e-6}
