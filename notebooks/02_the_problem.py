@@ -240,9 +240,9 @@ for t in node_study_tasks:
     drop = fp_scores[t] - r["none (all quantized)"]
     os6[t] = {"share_below99_ln_gelu": summary[t]["below_99_ln_or_gelu"] / max(summary[t]["below_99"], 1),
               "recovered_share": (r["all LN + GELU"] - r["none (all quantized)"]) / drop if drop > 0 else float("nan")}
-claims.check(rec, "OS-6", ours=os6, paper="BERT-STS-B: 25/25 nodes below 99 % are GELU/LN; MHA-LN 59.79→84.1, GELU →79.6",
-             holds=all(v["share_below99_ln_gelu"] > 0.5 and v["recovered_share"] > 0.5 for v in os6.values()),
-             note="mostly = more than half; recovers most = more than half of the 6-6-6 drop")
+_ = claims.check(rec, "OS-6", ours=os6, paper="BERT-STS-B: 25/25 nodes below 99 % are GELU/LN; MHA-LN 59.79→84.1, GELU →79.6",
+                 holds=all(v["share_below99_ln_gelu"] > 0.5 and v["recovered_share"] > 0.5 for v in os6.values()),
+                 note="mostly = more than half; recovers most = more than half of the 6-6-6 drop")
 
 # %% tags=["nbval-check-output"]
 print(dumps({c["id"]: c["holds"] for c in rec.claims}))

@@ -350,12 +350,12 @@ claims.check(rec, "OS-5", ours=os5, paper={"BERT-MRPC FP": 87.75, "clip 10 (≤ 
              note=f"GELU clipping on SST-2 dev ({len(setup.eval_data)} examples)")
 
 last = ranges.tail(2)
-claims.check(rec, "PEG-3", ours={"ratio last two layers": [round(v, 2) for v in last["ratio output/input"]],
-                                 "ratio all layers": [round(v, 2) for v in ranges["ratio output/input"]],
-                                 "max dims share (%)": max(dims_frac) * 100},
-             paper="FFN output range ≫ input range in layer 11 (Fig. 2a); few outlier dims (Fig. 2b)",
-             holds=bool((last["ratio output/input"] > 5).all()) and max(dims_frac) <= 0.01,
-             note="ratio of the largest per-token ranges, FFN output over FFN input")
+_ = claims.check(rec, "PEG-3", ours={"ratio last two layers": [round(v, 2) for v in last["ratio output/input"]],
+                                     "ratio all layers": [round(v, 2) for v in ranges["ratio output/input"]],
+                                     "max dims share (%)": max(dims_frac) * 100},
+                 paper="FFN output range ≫ input range in layer 11 (Fig. 2a); few outlier dims (Fig. 2b)",
+                 holds=bool((last["ratio output/input"] > 5).all()) and max(dims_frac) <= 0.01,
+                 note="ratio of the largest per-token ranges, FFN output over FFN input")
 
 # %% tags=["nbval-check-output"]
 print(dumps({c["id"]: c["holds"] for c in rec.claims}))

@@ -67,7 +67,7 @@ from outlierbook import claims, compare
 from outlierbook.experiments import understanding as ux
 from outlierbook.models.tasks import task_setup
 from outlierbook.quant.calibrate import calibration_batches
-from outlierbook.results import Recorder, dumps, full_profile_claims
+from outlierbook.results import Recorder, dumps, full_profile_verdicts
 
 
 
@@ -342,10 +342,10 @@ claims.check(rec, "PEG-6", ours=None if sst2_qat is None else {"FP32": sst2_qat.
              note=f"{qat_steps} QAT steps of {qat_batch_size}")
 
 t7 = table7[lowbit_tasks].mean(axis=1)
-claims.check(rec, "PEG-7", ours={"FP32": t7["FP32"], "W4A8 QAT": t7["W4A8 QAT"], "W4A8 2-bit embd. QAT": t7["W4A8, 2-bit embd. QAT"]},
-             paper="GLUE: W4A8 QAT 82.64, 2-bit embd. 82.29, FP32 83.06",
-             holds=bool(t7["FP32"] - t7["W4A8 QAT"] <= 2.0 and t7["W4A8 QAT"] - t7["W4A8, 2-bit embd. QAT"] <= 1.0),
-             note=f"mean over {', '.join(lowbit_tasks)}; reference for the 2-bit embeddings: W4A8 QAT, whose embeddings are 4-bit like all its weights")
+_ = claims.check(rec, "PEG-7", ours={"FP32": t7["FP32"], "W4A8 QAT": t7["W4A8 QAT"], "W4A8 2-bit embd. QAT": t7["W4A8, 2-bit embd. QAT"]},
+                 paper="GLUE: W4A8 QAT 82.64, 2-bit embd. 82.29, FP32 83.06",
+                 holds=bool(t7["FP32"] - t7["W4A8 QAT"] <= 2.0 and t7["W4A8 QAT"] - t7["W4A8, 2-bit embd. QAT"] <= 1.0),
+                 note=f"mean over {', '.join(lowbit_tasks)}; reference for the 2-bit embeddings: W4A8 QAT, whose embeddings are 4-bit like all its weights")
 
 # %% tags=["nbval-check-output"]
 print(dumps({c["id"]: c["holds"] for c in rec.claims}))
@@ -376,11 +376,7 @@ print("results written for", rec.chapter, rec.profile)
 # build shows the verdicts of the real run here, beside the quick run's above:
 
 # %% tags=["nbval-check-output"]
-full_claims = full_profile_claims("04_understanding")
-if profile == "full":
-    print("this is the full-profile run: its verdicts are the claim checks above")
-else:
-    print("the full profile has not been run yet" if full_claims is None else full_claims.to_string(max_colwidth=110))
+print(full_profile_verdicts("04_understanding", profile))
 
 # %% [markdown]
 # ## Exercises

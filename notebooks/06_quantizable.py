@@ -91,7 +91,7 @@ from outlierbook.experiments import quantizable as qx
 from outlierbook.models.attention_variants import AttentionVariant
 from outlierbook.models.pretrain import PretrainConfig
 from outlierbook.nbsetup import progress_enabled
-from outlierbook.results import Recorder, dumps, full_profile_claims
+from outlierbook.results import Recorder, dumps, full_profile_verdicts
 
 rec = Recorder("06_quantizable", profile, params=dict(
     hidden=hidden, layers=layers, heads=heads, ffn=ffn, seq_len=seq_len, vocab_size=vocab_size,
@@ -462,11 +462,7 @@ print("results written for", rec.chapter, rec.profile)
 # build shows the verdicts of the real run here, beside the quick run's above:
 
 # %% tags=["nbval-check-output"]
-full_claims = full_profile_claims("06_quantizable")
-if profile == "full":
-    print("this is the full-profile run: its verdicts are the claim checks above")
-else:
-    print("the full profile has not been run yet" if full_claims is None else full_claims.to_string(max_colwidth=110))
+print(full_profile_verdicts("06_quantizable", profile))
 
 # %% [markdown]
 # ## Exercises

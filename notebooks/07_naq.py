@@ -63,7 +63,7 @@ from outlierbook.naq.gradients import ACTIVATIONS, activation_derivative, softma
 from outlierbook.naq.macs import ENERGY_PJ, encoder_macs, measured_macs
 from outlierbook.quant.calibrate import calibration_batches
 from outlierbook.quant.ptq import quantized
-from outlierbook.results import Recorder, dumps, full_profile_claims
+from outlierbook.results import Recorder, dumps, full_profile_verdicts
 
 rec = Recorder("07_naq", profile, params=dict(model=model, tasks=tasks, eval_limit=eval_limit, qp_values=qp_values,
                                              as_values=as_values, sum_values=sum_values, combined_pairs=combined_pairs,
@@ -246,12 +246,12 @@ claims.check(rec, "NAQ-3", ours={t: round(float(b["avoided_share"]), 3) for t, b
              paper="24–62 % avoided (Figs. 5, 7)",
              holds=bool(ok) and all(b["avoided_share"] >= 0.20 for b in ok.values()) and len(ok) == len(tasks),
              note="≥ 20 % avoided at ≤ 1 point loss, on every task")
-claims.check(rec, "NAQ-4", ours={t: {"vs FP16": round(float(b["energy_vs_fp16"]), 3), "vs INT8": round(float(b["energy_vs_int8"]), 3)}
-                                 for t, b in ok.items()},
-             paper="0.71 vs FP16; ≤ 10 % saving vs INT8 (Figs. 6, 8)",
-             holds=bool(ok) and all(b["energy_vs_fp16"] < 1 and (1 - b["energy_vs_int8"]) < (1 - b["energy_vs_fp16"])
-                                    for b in ok.values()),
-             note="at each task's NAQ-3 point")
+_ = claims.check(rec, "NAQ-4", ours={t: {"vs FP16": round(float(b["energy_vs_fp16"]), 3), "vs INT8": round(float(b["energy_vs_int8"]), 3)}
+                                     for t, b in ok.items()},
+                 paper="0.71 vs FP16; ≤ 10 % saving vs INT8 (Figs. 6, 8)",
+                 holds=bool(ok) and all(b["energy_vs_fp16"] < 1 and (1 - b["energy_vs_int8"]) < (1 - b["energy_vs_fp16"])
+                                        for b in ok.values()),
+                 note="at each task's NAQ-3 point")
 
 # %% tags=["nbval-check-output"]
 print(dumps({c["id"]: c["holds"] for c in rec.claims}))
@@ -272,11 +272,7 @@ print("results written for", rec.chapter, rec.profile)
 # ```
 
 # %% tags=["nbval-check-output"]
-full_claims = full_profile_claims("07_naq")
-if profile == "full":
-    print("this is the full-profile run: its verdicts are the claim checks above")
-else:
-    print("the full profile has not been run yet" if full_claims is None else full_claims.to_string(max_colwidth=110))
+print(full_profile_verdicts("07_naq", profile))
 
 # %% [markdown]
 # ## Exercises

@@ -179,3 +179,19 @@ def full_profile_claims(chapter: str, root: Path | None = None) -> pd.DataFrame 
     rows = [{"id": c["id"], "holds": c["holds"], "ours": json.dumps(c.get("ours"), ensure_ascii=False, default=str)}
             for c in json.loads((d / "claims.json").read_text())]
     return pd.DataFrame(rows, columns=["id", "holds", "ours"]).set_index("id")
+
+
+def full_profile_verdicts(chapter: str, profile: str, replace: dict[str, str] | None = None,
+                          root: Path | None = None) -> str:
+    """The text of a chapter's closing "full profile's verdicts" cell: in a quick build, the stored full run's
+    claim table (``replace`` swaps a claim's measured value for a pointer, e.g. wall-clock timings that must
+    stay out of checked outputs); in the full run itself, a pointer to the claim checks above it."""
+    if profile == "full":
+        return "this is the full-profile run: its verdicts are the claim checks above"
+    claims = full_profile_claims(chapter, root)
+    if claims is None:
+        return "the full profile has not been run yet"
+    for claim_id, text in (replace or {}).items():
+        if claim_id in claims.index:
+            claims.loc[claim_id, "ours"] = text
+    return claims.to_string(max_colwidth=110)

@@ -100,3 +100,20 @@ def test_full_profile_claims_reads_the_stored_run_or_says_none(tmp_path):
     t = full_profile_claims("05_x", root=tmp_path)
     assert list(t.index) == ["OS-4", "OS-9"] and t.loc["OS-9", "holds"] == False  # noqa: E712
     assert json.loads(t.loc["OS-4", "ours"]) == {"sst2": 1e-6}
+
+
+def test_full_profile_verdicts_text_for_each_profile_and_state(tmp_path):
+    import json
+
+    from outlierbook.results import full_profile_verdicts
+
+    assert full_profile_verdicts("05_x", "quick", root=tmp_path) == "the full profile has not been run yet"
+    d = tmp_path / "05_x" / "full"
+    d.mkdir(parents=True)
+    (d / "claims.json").write_text(json.dumps([{"id": "OS-4", "holds": True, "ours": 1e-6},
+                                               {"id": "OS-9", "holds": False, "ours": {"twc_s": 88.1}}]))
+    text = full_profile_verdicts("05_x", "quick", replace={"OS-9": "timings elsewhere", "OS-99": "absent"},
+                                 root=tmp_path)
+    assert "OS-4" in text and "1e-06" in text and "timings elsewhere" in text and "88.1" not in text
+    assert "OS-99" not in text
+    assert full_profile_verdicts("05_x", "full", root=tmp_path).startswith("this is the full-profile run")
