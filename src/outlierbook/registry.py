@@ -87,7 +87,7 @@ CHAPTERS: tuple[Chapter, ...] = (
             "hidden": 256, "layers": 4, "heads": 4, "ffn": 1024, "seq_len": 128, "batch_size": 32, "steps": 4000,
             "lr": 5e-4, "warmup": 0.05, "gamma_ramp": 0.05, "track_every": 100, "eval_blocks": 256,
             "seeds": [0, 1], "ptq_seeds": [0, 1, 2], "calib_batches": 16, "alphas": [1.0, 2.0, 3.84, 8.0],
-            "alpha_seq_lens": [64, 128]}},
+            "alpha_seq_lens": [32, 64, 128]}},
     ),
     Chapter(
         id="07_naq",
