@@ -181,6 +181,20 @@ def full_profile_claims(chapter: str, root: Path | None = None) -> pd.DataFrame 
     return pd.DataFrame(rows, columns=["id", "holds", "ours"]).set_index("id")
 
 
+def full_profile_table(chapter: str, prefix: str, root: Path | None = None) -> pd.DataFrame | None:
+    """One table of a chapter's stored full-profile run, rebuilt from its ``metrics.json`` keys
+    ``prefix/row/column`` (``None`` if the full profile has not been run or stored no such table)."""
+    path = Path(root or results_dir()) / chapter / "full" / "metrics.json"
+    if not path.is_file():
+        return None
+    cells = {}
+    for key, value in json.loads(path.read_text()).items():
+        if key.startswith(prefix + "/") and key.count("/") >= 2:
+            row, column = key[len(prefix) + 1:].rsplit("/", 1)
+            cells.setdefault(row, {})[column] = value
+    return pd.DataFrame.from_dict(cells, orient="index") if cells else None
+
+
 def full_profile_verdicts(chapter: str, profile: str, replace: dict[str, str] | None = None,
                           root: Path | None = None) -> str:
     """The text of a chapter's closing "full profile's verdicts" cell: in a quick build, the stored full run's

@@ -117,3 +117,20 @@ def test_full_profile_verdicts_text_for_each_profile_and_state(tmp_path):
     assert "OS-4" in text and "1e-06" in text and "timings elsewhere" in text and "88.1" not in text
     assert "OS-99" not in text
     assert full_profile_verdicts("05_x", "full", root=tmp_path).startswith("this is the full-profile run")
+
+
+def test_full_profile_table_rebuilds_a_table_from_metric_keys(tmp_path):
+    import json
+
+    from outlierbook.results import full_profile_table
+
+    assert full_profile_table("04_x", "table5", root=tmp_path) is None
+    d = tmp_path / "04_x" / "full"
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps({"table5/1 (=per-tensor)/stsb": 84.5, "table5/1 (=per-tensor)/rte": 52.0,
+                                                "table5/6 + P (only FFN)/stsb": 86.1, "table50/x/y": 1.0,
+                                                "fp32/stsb": 86.7}))
+    t = full_profile_table("04_x", "table5", root=tmp_path)
+    assert t.loc["6 + P (only FFN)", "stsb"] == 86.1 and t.loc["1 (=per-tensor)", "rte"] == 52.0
+    assert t.shape == (2, 2) and pd.isna(t.loc["6 + P (only FFN)", "rte"])
+    assert full_profile_table("04_x", "table7", root=tmp_path) is None
