@@ -391,9 +391,10 @@ if not any(t is not None for t in full_tables.values()):
 # One thing to look for in the full Table 5: the per-embedding rows ($K = d$). The activation ranges
 # come from **one unpadded sequence**, as in the paper and its code, so per-embedding quantization gives
 # each of the $d$ dimensions a range from that sequence's few tokens alone, while a group of $d/K$
-# dimensions pools $d/K$ times more values. Where a per-embedding row falls below per-tensor, evaluation
-# tokens outside those narrow per-dimension ranges are being clipped; a workshop can test this by
-# calibrating the per-embedding rows on more sequences. The claims, checked on the full run:
+# dimensions pools $d/K$ times more values. Where a per-embedding row falls below per-tensor, the
+# likely reason — a hypothesis, not tested here — is that evaluation tokens fall outside those narrow
+# per-dimension ranges and are clipped; a workshop can test it by calibrating the per-embedding rows on
+# more sequences. The claims, checked on the full run:
 
 # %% tags=["nbval-check-output"]
 print(full_profile_verdicts("04_understanding", profile))

@@ -88,13 +88,12 @@ def test_transcribed_paper_files_are_well_formed():
 
 
 def test_full_profile_claims_reads_the_stored_run_or_says_none(tmp_path):
-    import json
-
     from outlierbook.results import full_profile_claims
 
     assert full_profile_claims("05_x", root=tmp_path) is None
     d = tmp_path / "05_x" / "full"
     d.mkdir(parents=True)
+    (d / "metrics.json").write_text("{}")  # a stored run always has both files (Recorder.save)
     (d / "claims.json").write_text(json.dumps([{"id": "OS-4", "holds": True, "ours": {"sst2": 1e-6}},
                                                {"id": "OS-9", "holds": False, "ours": 3}]))
     t = full_profile_claims("05_x", root=tmp_path)
@@ -103,13 +102,12 @@ def test_full_profile_claims_reads_the_stored_run_or_says_none(tmp_path):
 
 
 def test_full_profile_verdicts_text_for_each_profile_and_state(tmp_path):
-    import json
-
     from outlierbook.results import full_profile_verdicts
 
     assert full_profile_verdicts("05_x", "quick", root=tmp_path) == "the full profile has not been run yet"
     d = tmp_path / "05_x" / "full"
     d.mkdir(parents=True)
+    (d / "metrics.json").write_text("{}")  # a stored run always has both files (Recorder.save)
     (d / "claims.json").write_text(json.dumps([{"id": "OS-4", "holds": True, "ours": 1e-6},
                                                {"id": "OS-9", "holds": False, "ours": {"twc_s": 88.1}}]))
     text = full_profile_verdicts("05_x", "quick", replace={"OS-9": "timings elsewhere", "OS-99": "absent"},
@@ -120,8 +118,6 @@ def test_full_profile_verdicts_text_for_each_profile_and_state(tmp_path):
 
 
 def test_full_profile_table_rebuilds_a_table_from_metric_keys(tmp_path):
-    import json
-
     from outlierbook.results import full_profile_table
 
     assert full_profile_table("04_x", "table5", root=tmp_path) is None
