@@ -84,8 +84,8 @@ CHAPTERS: tuple[Chapter, ...] = (
         title="Quantizable Transformers: clipped softmax and gated attention",
         timeout=12 * 3600,  # full profile: one cell pre-trains several models
         profiles={"quick": {}, "full": {
-            "hidden": 256, "layers": 4, "heads": 4, "ffn": 1024, "seq_len": 128, "batch_size": 32, "steps": 4000,
-            "lr": 5e-4, "warmup": 0.05, "gamma_ramp": 0.05, "track_every": 100, "eval_blocks": 256,
+            "hidden": 128, "layers": 4, "heads": 4, "ffn": 512, "seq_len": 128, "batch_size": 16, "steps": 2000,
+            "lr": 1e-3, "warmup": 0.05, "gamma_ramp": 0.05, "track_every": 100, "eval_blocks": 256,
             "seeds": [0, 1], "ptq_seeds": [0, 1, 2], "calib_batches": 16, "alphas": [1.0, 2.0, 3.84, 8.0],
             "alpha_seq_lens": [32, 64, 128]}},
     ),

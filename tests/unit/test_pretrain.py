@@ -38,7 +38,7 @@ def test_masking_follows_bert():
 def test_pretraining_learns_and_resumes_identically(tok_and_blocks, tmp_path, monkeypatch, kind, variant):
     tok, blocks = tok_and_blocks
     cfg = PretrainConfig(kind=kind, variant=variant, hidden=32, layers=2, heads=2, ffn=64, seq_len=16, steps=12,
-                         batch_size=8, lr=3e-3, dropout=0.0, checkpoint_every=6, track_every=6)
+                         batch_size=8, lr=3e-3, dropout=0.1, checkpoint_every=6, track_every=6)
     monkeypatch.setenv("OUTLIERBOOK_CACHE", str(tmp_path / "a"))
     full, hist = pretrain(cfg, tok, blocks, track=lambda m: {"n": 1}, progress=False)
     assert len(hist["loss"]) == 12 and hist["loss"][-1] < hist["loss"][0]

@@ -63,6 +63,7 @@ class PretrainConfig:
 
     def key(self) -> str:
         d = asdict(self)
+        d.pop("checkpoint_every")  # how often we save does not change the model (resuming is exact)
         digest = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{self.kind}-{self.variant.softmax}-{self.variant.gate or 'nogate'}-{digest}"
 
@@ -158,6 +159,7 @@ def pretrain(cfg: PretrainConfig, tokenizer, blocks: torch.Tensor, track=None, p
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start = state["step"]
+        torch.set_rng_state(state["torch_rng"])  # dropout continues exactly where it stopped
         history = json.loads((out / "history.json").read_text())
     accelerator = Accelerator()
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -172,7 +174,8 @@ def pretrain(cfg: PretrainConfig, tokenizer, blocks: torch.Tensor, track=None, p
         save_model(unwrapped, str(tmp))  # handles tied weights (MLM decoder = word embeddings)
         os.replace(tmp, out / "model.safetensors")
         tmp_state = out / f"state.pt.tmp{os.getpid()}"
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}, tmp_state)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                    "torch_rng": torch.get_rng_state()}, tmp_state)
         os.replace(tmp_state, state_file)
         _write_json(out / "history.json", history)
 
