@@ -85,9 +85,14 @@ CHAPTERS: tuple[Chapter, ...] = (
         timeout=12 * 3600,  # full profile: one cell pre-trains several models
         profiles={"quick": {}, "full": {
             "hidden": 128, "layers": 4, "heads": 4, "ffn": 512, "seq_len": 128, "batch_size": 16, "steps": 2000,
-            "lr": 1e-3, "warmup": 0.05, "gamma_ramp": 0.05, "track_every": 100, "eval_blocks": 256,
-            "seeds": [0, 1], "ptq_seeds": [0, 1, 2], "calib_batches": 16, "alphas": [1.0, 2.0, 3.84, 8.0],
-            "alpha_seq_lens": [32, 64, 128]}},
+            "lr": 1e-3, "decoder_lr": 3e-3, "warmup": 0.05, "gamma_ramp": 0.05, "track_every": 100, "eval_blocks": 256,
+            "seeds": [0, 1], "ptq_seeds": [0, 1], "calib_batches": 8, "alphas": [1.0, 2.0, 3.84, 8.0],
+            "alpha_seq_lens": [32, 64, 128],
+            # the pilot's history: the decoder at lr 1e-3 with the OPT script's weight decay on LN γ kept its outliers
+            # flat (as did the encoder at 1e-3); at 3e-3 the encoder stalls. Each attempt stays in the chapter.
+            "pilot_attempts": {"encoder, lr 3e-3": ["encoder", {"lr": 3e-3}],
+                               "decoder, lr 1e-3, weight decay on LN γ (first pilot)": ["decoder", {"lr": 1e-3, "wd_ln_gamma": True}],
+                               "decoder, weight decay on LN γ": ["decoder", {"wd_ln_gamma": True}]}}},
     ),
     Chapter(
         id="07_naq",
