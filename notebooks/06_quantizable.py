@@ -482,7 +482,8 @@ print("results written for", rec.chapter, rec.profile)
 # ```
 #
 # Training is resumable: an interrupted run continues from the last checkpoint of each model
-# (`.cache/pretrained/<config>/`), and identical configurations are trained once.
+# (`.cache/pretrained/<config>/`), identical configurations are trained once, and each evaluation is
+# stored beside its checkpoint (keyed by the settings, the evaluation blocks and the evaluation code).
 
 # %% [markdown]
 # ### The full profile's verdicts

@@ -56,3 +56,29 @@ def test_calibration_subsets_differ_by_seed_and_summary_statistics():
     assert s.loc["v", "ppl_fp"] == 3.0 and s.loc["v", "ppl_fp_std"] == pytest.approx(math.sqrt(2))
     assert s.loc["c", "max_inf_norm_std"] == 0.0 and s.loc["v", "n_seeds"] == 2
     assert qx.relative_log_ppl(math.e, math.e ** 2) == pytest.approx(2.0)
+
+
+def test_evaluation_is_stored_beside_the_checkpoint_and_reused_only_for_the_same_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("OUTLIERBOOK_CACHE", str(tmp_path))
+    texts = bible_verses()[:800]
+    tok = train_tokenizer(texts, vocab_size=300, cache=False)
+    blocks = token_blocks(tok, texts, 16)
+    train, test = blocks[:-8], blocks[-8:]
+    cfg = PretrainConfig(kind="clm", hidden=16, layers=1, heads=2, ffn=32, seq_len=16, steps=4, batch_size=4,
+                         dropout=0.0, checkpoint_every=4, track_every=4)
+    kw = dict(calib_batches=1, batch_size=4, ptq_seeds=(0,), act_estimators=["running_minmax"])
+    first, _ = qx.train_and_evaluate("m", cfg, tok, train, test, progress=False, **kw)
+    assert len(list(cfg.directory().glob("eval-*.json"))) == 1
+
+    def no_evaluation(*a, **k):
+        raise AssertionError("evaluated again")
+
+    monkeypatch.setattr(qx, "evaluate_trained", no_evaluation)
+    again, _ = qx.train_and_evaluate("m", cfg, tok, train, test, progress=False, **kw)
+    assert again == first  # floats survive the JSON round trip exactly
+    import pytest
+
+    with pytest.raises(AssertionError, match="evaluated again"):  # other settings: a new evaluation
+        qx.train_and_evaluate("m", cfg, tok, train, test, progress=False, **{**kw, "ptq_seeds": (0, 1)})
+    with pytest.raises(AssertionError, match="evaluated again"):  # other evaluation blocks: a new evaluation
+        qx.train_and_evaluate("m", cfg, tok, train, test[:4], progress=False, **kw)

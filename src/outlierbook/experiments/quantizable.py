@@ -3,7 +3,11 @@ tracking, and the evaluation of a trained model (FP perplexity, outlier statisti
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+from pathlib import Path
 
 import torch
 
@@ -126,14 +130,44 @@ def evaluate_trained(model, cfg: PretrainConfig, tok, train: torch.Tensor, test:
     return out
 
 
+_EVAL_SOURCES = ("experiments/quantizable.py", "models/lm_eval.py", "models/attention_variants.py",
+                 "analysis/lm_outliers.py", "quant")
+
+
+def evaluation_key(test: torch.Tensor, eval_kw: dict) -> str:
+    """A digest of everything an evaluation depends on besides the checkpoint: the settings, the evaluation
+    blocks, and the source of the evaluation code (so an edited quantizer never reuses a stale result)."""
+    package = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256(json.dumps(eval_kw, sort_keys=True, default=str).encode())
+    h.update(test.numpy().tobytes())
+    for name in _EVAL_SOURCES:
+        for f in sorted((package / name).rglob("*.py")) if (package / name).is_dir() else [package / name]:
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def evaluate_cached(model, cfg: PretrainConfig, tok, train: torch.Tensor, test: torch.Tensor, **eval_kw) -> dict:
+    """:func:`evaluate_trained`, stored beside the checkpoint (``eval-<key>.json``, written atomically) and
+    reused when the same trained model is evaluated the same way again — e.g. when a long run resumes."""
+    path = cfg.directory() / f"eval-{evaluation_key(test, eval_kw)}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    out = evaluate_trained(model, cfg, tok, train, test, **eval_kw)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(out))
+    os.replace(tmp, path)
+    return out
+
+
 def train_and_evaluate(label: str, cfg: PretrainConfig, tok, train: torch.Tensor, test: torch.Tensor,
                        progress: bool = True, **eval_kw) -> tuple[dict, dict]:
-    """Pre-train ``cfg`` (or load it from its checkpoint) and evaluate it; returns (result row, history)."""
+    """Pre-train ``cfg`` (or load it from its checkpoint) and evaluate it (or load that evaluation);
+    returns (result row, history)."""
     model, history = train_with_tracking(cfg, tok, train, test, progress=progress)
     row = {"label": label, "kind": cfg.kind, "seed": cfg.seed, "softmax": cfg.variant.softmax,
            "gamma": cfg.variant.effective_gamma, "zeta": cfg.variant.zeta, "gate": cfg.variant.gate or "",
            "pi_init": cfg.variant.pi_init if cfg.variant.gate else None, "seq_len": cfg.seq_len,
-           "final_loss": history["loss"][-1], **evaluate_trained(model, cfg, tok, train, test, **eval_kw)}
+           "final_loss": history["loss"][-1], **evaluate_cached(model, cfg, tok, train, test, **eval_kw)}
     return row, history
 
 
