@@ -476,10 +476,9 @@ print("results written for", rec.chapter, rec.profile)
 # ## The full profile
 #
 # The full profile trains each model for 2000 steps at width 128 (about 25 trainings of ~8 minutes,
-# plus the pilot attempts), two seeds for the Table 2 models, two PTQ seeds (8 calibration batches each). It takes several hours
-# on this CPU, so it is not part of the book's
-# default build; its results, curves and `run.json` go to `results/06_quantizable/full/` and regenerate
-# with
+# plus the pilot attempts), two seeds for the Table 2 models, two PTQ seeds (8 calibration batches
+# each). It takes several hours on this CPU, so it is not part of the book's default build; its
+# results, curves and `run.json` go to `results/06_quantizable/full/` and regenerate with
 #
 # ```bash
 # .venv/bin/python -m outlierbook run 06_quantizable --profile full

@@ -11,12 +11,17 @@ from outlierbook.models.pretrain import PretrainConfig, token_blocks
 from outlierbook.models.tokenizer import train_tokenizer
 
 
+def tiny_corpus(n_texts, vocab_size, n_test, seq_len=16):
+    """A tokenizer trained on the first Bible verses, and (train, test) blocks of seq_len tokens."""
+    texts = bible_verses()[:n_texts]
+    tok = train_tokenizer(texts, vocab_size=vocab_size, cache=False)
+    blocks = token_blocks(tok, texts, seq_len)
+    return tok, blocks[:-n_test], blocks[-n_test:]
+
+
 def test_live_rows_train_and_evaluate(tmp_path, monkeypatch):
     monkeypatch.setenv("OUTLIERBOOK_CACHE", str(tmp_path))
-    texts = bible_verses()[:1500]
-    tok = train_tokenizer(texts, vocab_size=400, cache=False)
-    blocks = token_blocks(tok, texts, 16)
-    train, test = blocks[:-16], blocks[-16:]
+    tok, train, test = tiny_corpus(1500, 400, 16)
     base = dict(hidden=32, layers=2, heads=2, ffn=64, seq_len=16, steps=8, batch_size=8, lr=3e-3, dropout=0.0,
                 checkpoint_every=8, track_every=4)
     vanilla = PretrainConfig(**base)
@@ -60,10 +65,7 @@ def test_calibration_subsets_differ_by_seed_and_summary_statistics():
 
 def test_evaluation_is_stored_beside_the_checkpoint_and_reused_only_for_the_same_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("OUTLIERBOOK_CACHE", str(tmp_path))
-    texts = bible_verses()[:800]
-    tok = train_tokenizer(texts, vocab_size=300, cache=False)
-    blocks = token_blocks(tok, texts, 16)
-    train, test = blocks[:-8], blocks[-8:]
+    tok, train, test = tiny_corpus(800, 300, 8)
     cfg = PretrainConfig(kind="clm", hidden=16, layers=1, heads=2, ffn=32, seq_len=16, steps=4, batch_size=4,
                          dropout=0.0, checkpoint_every=4, track_every=4)
     kw = dict(calib_batches=1, batch_size=4, ptq_seeds=(0,), act_estimators=["running_minmax"])
