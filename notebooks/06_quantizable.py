@@ -99,7 +99,7 @@ from outlierbook.experiments import quantizable as qx
 from outlierbook.models.attention_variants import AttentionVariant
 from outlierbook.models.pretrain import PretrainConfig
 from outlierbook.nbsetup import progress_enabled
-from outlierbook.results import Recorder, dumps, full_profile_verdicts
+from outlierbook.results import Recorder, dumps, full_profile_verdicts, stored_full_run
 
 rec = Recorder("06_quantizable", profile, params=dict(
     hidden=hidden, layers=layers, heads=heads, ffn=ffn, seq_len=seq_len, vocab_size=vocab_size,
@@ -496,6 +496,23 @@ print("results written for", rec.chapter, rec.profile)
 
 # %% tags=["nbval-check-output"]
 print(full_profile_verdicts("06_quantizable", profile))
+
+# %% [markdown]
+# And the full run's tables, rebuilt from its stored rows (seed means; the paper's Tables 1 and 2 are
+# printed beside the quick run's above):
+
+# %% tags=["nbval-check-output"]
+FULL_COLUMNS = {"table1": ["ppl_fp", "max_inf_norm", "avg_kurtosis", "ppl_w8a8", "n_seeds"],
+                "table2": ["ppl_fp", "ppl_fp_std", "max_inf_norm", "avg_kurtosis", "ppl_w8a8", "ppl_w8a8_std", "n_seeds"],
+                "figure6": None, "figure7": None}
+stored_full = None if profile == "full" else stored_full_run("06_quantizable")
+full_tables = qx.stored_tables(stored_full["table"]) if stored_full else {}
+for key, table in full_tables.items():
+    shown = table if FULL_COLUMNS[key] is None else table[FULL_COLUMNS[key]]
+    print(f"{key} (full profile)\n{shown.round(2).to_string()}\n")
+if not full_tables:
+    print("this is the full-profile run: its tables are above" if profile == "full"
+          else "the full profile has not been run yet")
 
 # %% [markdown]
 # ## Exercises

@@ -170,7 +170,7 @@ def check_param_names(given: dict, allowed) -> None:
         raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; this chapter takes: {', '.join(sorted(allowed))}")
 
 
-def _stored_full_run(chapter: str, root: Path | None = None) -> dict | None:
+def stored_full_run(chapter: str, root: Path | None = None) -> dict | None:
     """:func:`load` of a chapter's full-profile results, or ``None`` if the full profile has not been run."""
     try:
         return load(chapter, "full", root=root)
@@ -181,7 +181,7 @@ def _stored_full_run(chapter: str, root: Path | None = None) -> dict | None:
 def full_profile_claims(chapter: str, root: Path | None = None) -> pd.DataFrame | None:
     """The claim verdicts of a chapter's stored full-profile run, one row per claim (``None`` if it has
     not been run): lets a quick build of the book show the real run's outcome beside its own."""
-    stored = _stored_full_run(chapter, root)
+    stored = stored_full_run(chapter, root)
     if stored is None or not stored["claims"]:
         return None
     rows = [{"id": c["id"], "holds": c["holds"], "ours": json.dumps(c.get("ours"), ensure_ascii=False, default=str)}
@@ -192,7 +192,7 @@ def full_profile_claims(chapter: str, root: Path | None = None) -> pd.DataFrame 
 def full_profile_table(chapter: str, prefix: str, root: Path | None = None) -> pd.DataFrame | None:
     """One table of a chapter's stored full-profile run, rebuilt from its ``metrics.json`` keys
     ``prefix/row/column`` (``None`` if the full profile has not been run or stored no such table)."""
-    stored = _stored_full_run(chapter, root)
+    stored = stored_full_run(chapter, root)
     cells: dict[str, dict] = {}
     for key, value in (stored["metrics"] if stored else {}).items():
         if key.startswith(prefix + "/") and key.count("/") >= 2:

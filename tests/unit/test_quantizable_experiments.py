@@ -84,3 +84,24 @@ def test_evaluation_is_stored_beside_the_checkpoint_and_reused_only_for_the_same
         qx.train_and_evaluate("m", cfg, tok, train, test, progress=False, **{**kw, "ptq_seeds": (0, 1)})
     with pytest.raises(AssertionError, match="evaluated again"):  # other evaluation blocks: a new evaluation
         qx.train_and_evaluate("m", cfg, tok, train, test[:4], progress=False, **kw)
+
+
+def test_stored_tables_rebuild_seed_means_and_figure_rows_from_a_stored_run():
+    import pandas as pd
+    import pytest
+
+    m = {"max_inf_norm": 1.0, "avg_kurtosis": 3.0, "ppl_w8a8": 5.0}
+    table = pd.DataFrame([
+        {"experiment": "live_rows_at_init", "alpha": 1.0},
+        {"experiment": "table2", "label": "v", "seed": 0, "ppl_fp": 2.0, **m},
+        {"experiment": "table2", "label": "v", "seed": 1, "ppl_fp": 4.0, **m},
+        {"experiment": "table2", "label": "c", "seed": 0, "ppl_fp": 9.0, **m},
+        {"experiment": "figure6", "label": "T=32 α=2", "seq_len": 32, "alpha": 2.0, "ppl_fp": 7.0,
+         "relative log-ppl": 1.1, **m},
+    ])
+    out = qx.stored_tables(table)
+    assert set(out) == {"table2", "figure6"}  # experiments absent from the run are left out
+    assert list(out["table2"].index) == ["v", "c"] and out["table2"].loc["v", "ppl_fp"] == pytest.approx(3.0)
+    assert out["table2"].loc["v", "n_seeds"] == 2
+    assert out["figure6"]["seq_len"].tolist() == [32] and "experiment" not in out["figure6"]
+    assert qx.stored_tables(pd.DataFrame()) == {}

@@ -212,3 +212,23 @@ def run_models(named: dict, seeds, data: dict, progress: bool = True, **eval_kw)
             rows.append(row)
             histories[(label, seed)] = hist
     return rows, histories
+
+
+def stored_tables(table) -> dict:
+    """The chapter's result tables rebuilt from a stored run's rows (``table.csv``, one row per model and
+    seed, tagged by ``experiment``): Table 1 and Table 2 as seed means (:func:`mean_std`), Figures 6 and 7
+    as their per-model rows. Lets a quick build show the full run's tables, not only its verdicts.
+    Experiments the run did not store are left out."""
+    out = {}
+    for key in ("table1", "table2"):
+        rows = table[table["experiment"] == key] if "experiment" in table else table.iloc[:0]
+        if len(rows):
+            out[key] = mean_std(rows.to_dict("records")).set_index("label")
+    columns = {"figure6": ["seq_len", "alpha", "ppl_fp", "relative log-ppl", "max_inf_norm", "avg_kurtosis"],
+               "figure7": ["pi_init", "ppl_fp", "max_inf_norm", "avg_kurtosis", "ppl_w8a8"]}
+    for key, cols in columns.items():
+        rows = table[table["experiment"] == key] if "experiment" in table else table.iloc[:0]
+        if len(rows):
+            shown = rows[[c for c in cols if c in rows]].reset_index(drop=True)
+            out[key] = shown.astype({"seq_len": int}) if "seq_len" in shown else shown
+    return out
