@@ -105,6 +105,7 @@ class Recorder:
         self.rows: list[dict] = []
         self.claims: list[dict] = []
         self._started = time.time()
+        self._git_sha = git_sha()  # the code that runs is the code at the start; a long run may outlive commits
 
     def metric(self, name: str, value) -> None:
         self.metrics[name] = value
@@ -135,7 +136,8 @@ class Recorder:
             "chapter": self.chapter,
             "profile": self.profile,
             "params": self.params,
-            "git_sha": git_sha(),
+            "git_sha": self._git_sha,
+            **({"git_sha_at_finish": finish_sha} if (finish_sha := git_sha()) != self._git_sha else {}),
             "versions": package_versions(),
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
             "wall_time_s": round(time.time() - self._started, 1),

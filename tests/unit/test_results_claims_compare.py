@@ -25,6 +25,16 @@ def test_recorder_writes_and_loads(tmp_path):
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_run_json_records_the_commit_the_run_started_from(tmp_path, monkeypatch):
+    shas = iter(["start", "start", "later-dirty"])
+    monkeypatch.setattr(results, "git_sha", lambda: next(shas))
+    rec = results.Recorder("demo", "full", root=tmp_path)
+    run = json.loads((rec.save() / "run.json").read_text())
+    assert run["git_sha"] == "start" and "git_sha_at_finish" not in run  # unchanged during the run
+    run = json.loads((rec.save() / "run.json").read_text())
+    assert run["git_sha"] == "start" and run["git_sha_at_finish"] == "later-dirty"
+
+
 def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
     target = tmp_path / "metrics.json"
     results.atomic_write_text(target, "old")
