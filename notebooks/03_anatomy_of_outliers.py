@@ -26,8 +26,8 @@
 # Model: all-MiniLM-L6-v2 with the SST-2 classification head fine-tuned in
 # {doc}`00_how_to_run` (and, for comparison, the pretrained encoder alone). Text: sentences of
 # the SST-2 dev split. Every statistic is computed by `src/outlierbook/analysis/`, with the papers'
-# own definitions (see the module docstrings and `../shared/notes/reference-implementations.md`
-# §3.4). The same code accepts a hub model id such as `bert-base-uncased` when the network is there.
+# own definitions, as the authors' code computes them (see the module docstrings). The same code
+# accepts a hub model id such as `bert-base-uncased` when the network is there.
 
 # %% tags=["parameters"]
 profile = "quick"
@@ -299,7 +299,7 @@ t13.pivot(index="setting", columns="metric", values="value").style.set_uuid("ch0
 # %% [markdown]
 # ## Claim checks
 #
-# Five claims of the ledger rest on these measurements (rules fixed in `../shared/claims.md`):
+# Five claims of the ledger rest on these measurements (rules fixed in `data/claims.md`):
 #
 # - **QT-1**: ≤ 1 % of hidden dimensions hold ≥ 90 % of the outliers; the share on delimiters is reported.
 #   We apply it to the FFN output of every layer.

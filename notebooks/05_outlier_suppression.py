@@ -365,7 +365,7 @@ not_reproduced.pivot_table(index=["table", "setting"], columns="metric", values=
 # %% [markdown]
 # ## Claim checks
 #
-# The rules are fixed in `../shared/claims.md`; the averages are over the tasks this profile ran.
+# The rules are fixed in `data/claims.md`; the averages are over the tasks this profile ran.
 
 # %%
 claims.check(rec, "OS-4", ours={t: f"{v:.2e}" for t, v in migration_diff.items()}, paper="exact (Eq. 4–5)",

@@ -406,7 +406,7 @@ print(w8.round(2).to_string())
 # %% [markdown]
 # ## Claim checks
 #
-# The rules are the ledger's (`claims.md`, QT-3 … QT-7); where the ledger says "close to", we read it
+# The rules are the ledger's (`data/claims.md`, QT-3 … QT-7); where the ledger says "close to", we read it
 # as "closer to vanilla than the fix is" on the log scale, for both outlier statistics. FP perplexity
 # "within 5 %" is relative to vanilla's.
 

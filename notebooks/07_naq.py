@@ -227,7 +227,7 @@ print(breakdown.round(3).to_string())
 # %% [markdown]
 # ## Claim checks
 #
-# Rules from `../shared/claims.md`. NAQ-3 and NAQ-4 are read at the point of largest avoided share
+# Rules from `data/claims.md`. NAQ-3 and NAQ-4 are read at the point of largest avoided share
 # whose metric loss is at most one point.
 
 # %%

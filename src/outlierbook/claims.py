@@ -1,6 +1,6 @@
 """Claim checks: a paper's claim tested on our own measurement, with the ledger's fixed rule.
 
-``../shared/claims.md`` lists every claim the book checks, with a stable id (``OS-4``) and the
+``data/claims.md`` (the ledger) lists every claim the book checks, with a stable id (``OS-4``) and the
 rule that decides whether it holds — fixed before any measurement. A chapter computes its
 measurement, applies that rule in code, and calls :func:`check`, which prints one line and
 records ``{id, claim, rule, ours, paper, holds, note}`` in the chapter's ``claims.json``.
@@ -51,7 +51,7 @@ def parse_ledger(text: str) -> dict[str, Claim]:
 @lru_cache(maxsize=4)
 def _ledger(path: Path) -> dict[str, Claim]:
     if not path.is_file():
-        raise DataNotFoundError(f"claims ledger {path} not found; it lives in ../shared/claims.md (or set OUTLIERBOOK_CLAIMS)")
+        raise DataNotFoundError(f"claims ledger {path} not found; it ships with the book as data/claims.md (restore it with git checkout -- data/claims.md, or set OUTLIERBOOK_CLAIMS)")
     return parse_ledger(path.read_text(encoding="utf-8"))
 
 
@@ -62,7 +62,7 @@ def ledger() -> dict[str, Claim]:
 def get(claim_id: str) -> Claim:
     claims = ledger()
     if claim_id not in claims:
-        raise ConfigError(f"unknown claim id {claim_id!r}; the ledger ../shared/claims.md has: {', '.join(claims)}")
+        raise ConfigError(f"unknown claim id {claim_id!r}; the ledger data/claims.md has: {', '.join(claims)}")
     return claims[claim_id]
 
 

@@ -1,11 +1,11 @@
-"""Where things live: the repository root, the shared data, the cache, the results.
+"""Where things live: the repository root, the data, the claims ledger, the cache, the results.
 
 Every path is resolved from the repository root (the first parent holding ``_toc.yml``), so
 papermill (caller's cwd), nbval and Jupyter Book (notebook's folder) all agree.
 Environment variables override the defaults:
 
 - ``OUTLIERBOOK_DATA``: the data directory holding ``glue/`` and ``wikitext-2/``
-  (default: ``<repo>/../shared/data``).
+  (default: ``<repo>/data``, committed with the book: a clone needs nothing beside it).
 - ``OUTLIERBOOK_CACHE``: fine-tuned checkpoints and other derived artefacts
   (default: ``<repo>/.cache``; a fresh clone starts empty).
 - ``OUTLIERBOOK_RESULTS``: results tree (default: ``<repo>/results``).
@@ -34,19 +34,24 @@ def repo_root() -> Path:
 
 
 def data_dir(override: str | os.PathLike | None = None) -> Path:
-    """The shared data directory; raises a clear error when it is missing."""
+    """The data directory (``<repo>/data`` unless overridden); raises a clear error when it is missing."""
     if override is not None:
         path, source = Path(override), "the data_dir argument"
     elif os.environ.get("OUTLIERBOOK_DATA"):
         path, source = Path(os.environ["OUTLIERBOOK_DATA"]), "OUTLIERBOOK_DATA"
     else:
-        path, source = repo_root().parent / "shared" / "data", "the default ../shared/data"
+        path, source = default_data_dir(), "the default <repo>/data"
     if not path.is_dir():
         raise DataNotFoundError(
             f"data directory {path} (from {source}) does not exist; point OUTLIERBOOK_DATA at a folder "
-            "holding glue/ and wikitext-2/ (see ../shared/data/README.md), or use source='hub' with network"
+            "holding glue/ and wikitext-2/ (the layout of data/README.md), or use source='hub' with network"
         )
     return path
+
+
+def default_data_dir() -> Path:
+    """The data committed with the book."""
+    return repo_root() / "data"
 
 
 def cache_dir() -> Path:
@@ -69,5 +74,5 @@ def paper_numbers_dir() -> Path:
 
 
 def claims_file() -> Path:
-    """The claims ledger, ``../shared/claims.md`` (override with ``OUTLIERBOOK_CLAIMS``)."""
-    return Path(os.environ.get("OUTLIERBOOK_CLAIMS") or repo_root().parent / "shared" / "claims.md")
+    """The claims ledger, ``data/claims.md`` (override with ``OUTLIERBOOK_CLAIMS``)."""
+    return Path(os.environ.get("OUTLIERBOOK_CLAIMS") or repo_root() / "data" / "claims.md")

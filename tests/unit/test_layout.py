@@ -2,6 +2,7 @@
 
 import re
 
+import pytest
 import yaml
 
 from outlierbook import registry
@@ -64,3 +65,25 @@ def test_readme_names_two_commands_and_ci_runs_the_test_one():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make book" in readme and "make test" in readme
     assert "make test" in ci
+
+
+def test_a_clone_needs_nothing_beside_it():
+    """Data, ledger and prose live in the repository: nothing the book reads or links is in ../shared."""
+    for path in [*(ROOT / "src").rglob("*.py"), *(ROOT / "notebooks").glob("*.py"), *(ROOT / "book").rglob("*.md"),
+                 ROOT / "README.md", ROOT / "Makefile", ROOT / "_config.yml", ROOT / "_toc.yml"]:
+        assert "../shared" not in path.read_text(encoding="utf-8"), path
+    data = ROOT / "data"
+    for name in ("README.md", "claims.md", "glue/SST-2/train.tsv", "glue/STS-B/sts-test.csv", "glue/MRPC/LICENSE.htm",
+                 "glue/RTE/dev.tsv", "wikitext-2/wiki.test.raw"):
+        assert (data / name).is_file(), name
+
+
+STEERING_LEDGER = ROOT.parent / "shared" / "claims.md"
+
+
+@pytest.mark.skipif(not STEERING_LEDGER.is_file(), reason="a stand-alone clone: no steering ledger beside it")
+def test_the_books_ledger_is_the_steering_ledger():
+    data = ROOT / "data"
+    steering = STEERING_LEDGER
+    assert (data / "claims.md").read_text(encoding="utf-8") == steering.read_text(encoding="utf-8"), (
+        "data/claims.md differs from the project's steering ledger: copy it in (rule changes are dated there)")

