@@ -85,8 +85,12 @@ def main(argv: list[str] | None = None) -> int:
             chapters = registry.in_dependency_order(args.chapters)
             if overrides and len(chapters) > 1:
                 raise OutlierBookError("--set applies to one chapter; name a single chapter with its parameters")
-            for chapter in chapters:  # validate every chapter's parameters before running any
+            from .paths import results_dir
+            from .results import check_writable
+
+            for chapter in chapters:  # validate every chapter's parameters and results folder before running any
                 runner.parameters_for(chapter, args.profile, overrides)
+                check_writable(results_dir() / chapter.id)
             _prepare(args.profile, [c.id for c in chapters])
             import time
 

@@ -4,19 +4,27 @@
   so that it diffs cleanly and can be compared run to run.
 - ``table.csv``: tidy rows (``experiment, setting, metric, value`` plus any extra columns).
 - ``claims.json``: one record per checked claim (see :mod:`outlierbook.claims`).
-- ``run.json``: what produced them (git sha, profile, parameters, package versions, wall time);
-  never compared, because it changes run to run.
+- ``run.json``: what produced them (git sha, profile, parameters, package versions, wall time)
+  and ``files``, the SHA-256 of each other file; never compared, because it changes run to run.
 
-Each file is written to a temporary sibling and moved into place with ``os.replace``, so an
-interrupted run leaves either the old file or the new one, never half of one.
+A run's results are **one set**: nothing is written while the chapter computes; ``save`` writes
+the four files into a temporary sibling folder and swaps it with the old folder in one atomic
+step (``renameat2(RENAME_EXCHANGE)`` on Linux; elsewhere two renames, undone by the next reader
+if a crash falls between them). A run killed at any point leaves the folder as it was or complete.
+``load`` refuses a folder whose files disagree with its ``run.json`` (files from different runs),
+so a quick build never shows a mixed set as the full run's results. Folders stored before
+``files`` existed are checked for what they do record (chapter, profile, each claim's profile).
+The results folder is checked for writability when the recorder is created, before any compute.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 import time
@@ -25,45 +33,59 @@ from pathlib import Path
 
 import pandas as pd
 
+from .atomic import file_mode, leftovers, recover, replace_folder, umask, write_synced
 from .errors import ConfigError, OutlierBookError
 from .paths import repo_root, results_dir
 from .registry import check_profile
 
 ROUND = 4
 VERSIONED_PACKAGES = ("torch", "transformers", "accelerate", "numpy", "pandas", "scipy", "outlierbook")
+RESULT_FILES = ("metrics.json", "table.csv", "claims.json", "run.json")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+class InconsistentResultsError(OutlierBookError):
+    """A results folder whose files do not come from one run."""
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_writable(folder: Path) -> Path:
+    """Fail before any compute if ``folder`` cannot hold results (one line naming the fix)."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutlierBookError(f"cannot write results into {folder} ({exc.strerror or type(exc).__name__}); make it "
+                               "writable, or set OUTLIERBOOK_RESULTS to a writable folder") from None
+    return folder
 
 
-def rounded(value, digits: int = ROUND):
-    """Round floats (recursively in dicts/lists) for stable, diff-friendly output."""
+def rounded(value, digits: int = ROUND, small: str = "decimals"):
+    """Round floats (recursively in dicts/lists) for stable, diff-friendly output.
+
+    ``small="significant"`` keeps ``digits`` significant digits for magnitudes below 1 instead of
+    ``digits`` decimals, so that a measured 3e-6 (e.g. an equivalence check) is not stored as 0.0.
+    """
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             return str(value)
+        if small == "significant" and 0 < abs(value) < 1:
+            return float(f"{value:.{digits}g}")
         return round(value, digits)
     if isinstance(value, int):
         return value
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalars
-        return rounded(value.item(), digits)
+        return rounded(value.item(), digits, small)
     if isinstance(value, dict):
-        return {str(k): rounded(v, digits) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+        return {str(k): rounded(v, digits, small) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (list, tuple)):
-        return [rounded(v, digits) for v in value]
+        return [rounded(v, digits, small) for v in value]
     return value
 
 
@@ -101,6 +123,8 @@ class Recorder:
         self.profile = check_profile(profile)
         self.params = dict(params or {})
         self.dir = Path(root or results_dir()) / chapter / profile
+        check_writable(self.dir.parent)
+        recover(self.dir)
         self.metrics: dict = {}
         self.rows: list[dict] = []
         self.claims: list[dict] = []
@@ -108,9 +132,16 @@ class Recorder:
         self._git_sha = git_sha()  # the code that runs is the code at the start; a long run may outlive commits
 
     def metric(self, name: str, value) -> None:
-        self.metrics[name] = value
+        self.update({name: value})
 
     def update(self, metrics: dict) -> None:
+        """Record metrics; a NaN or infinite value is an error here, not a number in the book."""
+        for name, value in metrics.items():
+            if isinstance(value, (float, int)) or (hasattr(value, "item") and getattr(value, "ndim", 1) == 0):
+                number = float(value)
+                if not math.isfinite(number):
+                    raise OutlierBookError(f"metric {name} is {number}: a model or an evaluation produced non-finite "
+                                           "values; check the model's weights and the quantization ranges before recording")
         self.metrics.update(metrics)
 
     def add_rows(self, rows) -> None:
@@ -120,18 +151,15 @@ class Recorder:
         self.rows.extend(dict(r) for r in rows)
 
     def add_claim(self, record: dict) -> None:
+        """Keep a claim record (written with the rest of the run by :meth:`save`)."""
         self.claims = [c for c in self.claims if c["id"] != record["id"]] + [record]
-        self._write_claims()
-
-    def _write_claims(self) -> None:
-        atomic_write_text(self.dir / "claims.json", json.dumps(rounded(self.claims), indent=1, ensure_ascii=False) + "\n")
 
     def save(self, extra_run_info: dict | None = None) -> Path:
-        atomic_write_text(self.dir / "metrics.json", json.dumps(rounded(self.metrics), indent=1, sort_keys=True) + "\n")
+        """Write the run's files as one set (see the module docstring) and return the folder."""
+        texts = {"metrics.json": json.dumps(rounded(self.metrics), indent=1, sort_keys=True) + "\n",
+                 "claims.json": json.dumps(rounded(self.claims, small="significant"), indent=1, ensure_ascii=False) + "\n"}
         if self.rows:
-            frame = pd.DataFrame(self.rows)
-            atomic_write_text(self.dir / "table.csv", frame.to_csv(index=False, float_format="%.6g"))
-        self._write_claims()
+            texts["table.csv"] = pd.DataFrame(self.rows).to_csv(index=False, float_format="%.6g")
         run = {
             "chapter": self.chapter,
             "profile": self.profile,
@@ -143,22 +171,74 @@ class Recorder:
             "wall_time_s": round(time.time() - self._started, 1),
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **(extra_run_info or {}),
+            "files": {name: hashlib.sha256(text.encode("utf-8")).hexdigest() for name, text in sorted(texts.items())},
         }
-        atomic_write_text(self.dir / "run.json", json.dumps(rounded(run, 6), indent=1, sort_keys=True, default=str) + "\n")
+        texts["run.json"] = json.dumps(rounded(run, 6), indent=1, sort_keys=True, default=str) + "\n"
+        check_writable(self.dir.parent)
+        recover(self.dir)
+        new = Path(tempfile.mkdtemp(dir=self.dir.parent, prefix=f".{self.dir.name}.tmp-{os.getpid()}-"))
+        try:
+            for name, text in texts.items():
+                write_synced(new / name, text)
+                os.chmod(new / name, file_mode())
+            os.chmod(new, 0o777 & ~umask())
+            replace_folder(new, self.dir)
+        finally:
+            shutil.rmtree(new, ignore_errors=True)
         return self.dir
 
 
+def check_consistent(folder: Path, chapter: str, profile: str) -> bool:
+    """Raise :class:`InconsistentResultsError` unless the files of ``folder`` come from one run.
+
+    Returns True when ``run.json`` lists the SHA-256 of every file (verified), False for a folder
+    stored before it did (then chapter, profile and each claim's profile are what can be checked).
+    """
+    fix = (f"re-run it (python -m outlierbook run {chapter} --profile {profile}) or restore it "
+           f"(git checkout -- {folder.relative_to(folder.parents[2]) if len(folder.parents) > 2 else folder})")
+    run_file = folder / "run.json"
+    if not run_file.is_file():
+        raise InconsistentResultsError(f"{folder} has results but no run.json, so nothing says they come from one run; {fix}")
+    try:
+        run = json.loads(run_file.read_text())
+        claims = json.loads((folder / "claims.json").read_text()) if (folder / "claims.json").is_file() else []
+    except json.JSONDecodeError as exc:
+        raise InconsistentResultsError(f"{folder}: a results file is not valid JSON ({exc.msg}); {fix}") from None
+    if run.get("chapter") != chapter or run.get("profile") != profile:
+        raise InconsistentResultsError(f"{folder}: run.json is of chapter {run.get('chapter')!r}, profile "
+                                       f"{run.get('profile')!r}, not of this folder; {fix}")
+    files = run.get("files")
+    if files is None:
+        wrong = sorted({c.get("profile") for c in claims if c.get("profile") not in (None, profile)})
+        if wrong:
+            raise InconsistentResultsError(f"{folder}: claims.json holds {', '.join(wrong)}-profile claims; {fix}")
+        return False
+    for name in RESULT_FILES:
+        if name == "run.json":
+            continue
+        present = (folder / name).is_file()
+        if name not in files and present:
+            raise InconsistentResultsError(f"{folder}: {name} is not part of the run that wrote run.json; {fix}")
+        if name in files and (not present or sha256_file(folder / name) != files[name]):
+            raise InconsistentResultsError(f"{folder}: {name} {'is missing' if not present else 'does not match run.json'}"
+                                           f" (the files come from different runs); {fix}")
+    return True
+
+
 def load(chapter: str, profile: str, fallback: str | None = None, root: Path | None = None) -> dict:
-    """Load a chapter's metrics, table and claims (``fallback`` profile if the first is absent)."""
+    """Load a chapter's metrics, table, claims and run record (``fallback`` profile if the first is
+    absent), after :func:`check_consistent`; ``verified`` says whether run.json vouched for every file."""
     for prof in [profile] + ([fallback] if fallback else []):
         check_profile(prof)
         d = Path(root or results_dir()) / chapter / prof
+        if not d.exists() and leftovers(d, "old"):
+            recover(d)
         if (d / "metrics.json").is_file():
-            out = {"profile": prof, "metrics": json.loads((d / "metrics.json").read_text())}
+            verified = check_consistent(d, chapter, prof)
+            out = {"profile": prof, "verified": verified, "metrics": json.loads((d / "metrics.json").read_text())}
             out["table"] = pd.read_csv(d / "table.csv") if (d / "table.csv").is_file() else pd.DataFrame()
             out["claims"] = json.loads((d / "claims.json").read_text()) if (d / "claims.json").is_file() else []
-            run = d / "run.json"
-            out["run"] = json.loads(run.read_text()) if run.is_file() else {}
+            out["run"] = json.loads((d / "run.json").read_text())
             return out
     raise OutlierBookError(
         f"no results for chapter {chapter!r} (profile {profile}{' or ' + fallback if fallback else ''}); "
@@ -176,6 +256,8 @@ def stored_full_run(chapter: str, root: Path | None = None) -> dict | None:
     """:func:`load` of a chapter's full-profile results, or ``None`` if the full profile has not been run."""
     try:
         return load(chapter, "full", root=root)
+    except InconsistentResultsError:
+        raise  # a mixed folder is refused, never shown as the full run's results
     except OutlierBookError:
         return None
 

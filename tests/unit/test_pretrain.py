@@ -58,9 +58,49 @@ def test_pretraining_learns_and_resumes_identically(tok_and_blocks, tmp_path, mo
 
     with pytest.raises(Stop):
         pretrain(cfg, tok, blocks, track=track, progress=False)
-    assert (cfg.directory() / "model.safetensors").is_file()
+    assert (cfg.directory() / "checkpoint" / "model.safetensors").is_file()
     resumed, hist2 = pretrain(cfg, tok, blocks, track=lambda m: {"n": 1}, progress=False)
     assert hist2["loss"][:6] == hist["loss"][:6] and len(hist2["loss"]) == 12
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), k
+
+
+def test_a_crash_while_checkpointing_resumes_from_the_last_complete_set(tok_and_blocks, tmp_path, monkeypatch):
+    """Weights, optimizer state and history are one set: a crash after the new weights are written but
+    before the optimizer state resumes from the step-6 set (the landed code mixed step-12 weights with
+    the step-6 optimizer), and the state is read with weights_only=True."""
+    import outlierbook.models.pretrain as pt
+
+    tok, blocks = tok_and_blocks
+    cfg = PretrainConfig(kind="mlm", hidden=32, layers=2, heads=2, ffn=64, seq_len=16, steps=12, batch_size=8,
+                         lr=3e-3, dropout=0.1, checkpoint_every=6, track_every=6)
+    monkeypatch.setenv("OUTLIERBOOK_CACHE", str(tmp_path / "a"))
+    full, hist = pretrain(cfg, tok, blocks, progress=False)
+    monkeypatch.setenv("OUTLIERBOOK_CACHE", str(tmp_path / "b"))
+    real_save, saves = torch.save, {"n": 0}
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(obj, path, *a, **k):
+        saves["n"] += 1
+        if saves["n"] == 2:  # the step-12 checkpoint: its weights are on disk already
+            raise Killed
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(pt.torch, "save", save_then_die)
+    with pytest.raises(Killed):
+        pretrain(cfg, tok, blocks, progress=False)
+    monkeypatch.setattr(pt.torch, "save", real_save)
+    state = torch.load(cfg.directory() / "checkpoint" / "state.pt", weights_only=True)
+    assert state["step"] == 6
+    assert not [p for p in cfg.directory().iterdir() if p.name.startswith(".")]  # no half-written set left
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(pt.torch, "load", lambda *a, **k: loads.append(k.get("weights_only")) or real_load(*a, **k))
+    resumed, hist2 = pretrain(cfg, tok, blocks, progress=False)
+    assert loads == [True]
+    assert hist2["loss"] == hist["loss"]
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5), k
 

@@ -3,7 +3,8 @@ import json
 import pandas as pd
 import pytest
 
-from outlierbook import claims, compare, results
+from outlierbook import atomic, claims, compare, results
+from outlierbook.atomic import atomic_write_text
 from outlierbook.errors import ConfigError, OutlierBookError
 
 
@@ -37,14 +38,14 @@ def test_run_json_records_the_commit_the_run_started_from(tmp_path, monkeypatch)
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
     target = tmp_path / "metrics.json"
-    results.atomic_write_text(target, "old")
+    atomic_write_text(target, "old")
 
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(results.os, "replace", boom)
+    monkeypatch.setattr(atomic.os, "replace", boom)
     with pytest.raises(KeyboardInterrupt):
-        results.atomic_write_text(target, "new")
+        atomic_write_text(target, "new")
     assert target.read_text() == "old"
     assert list(tmp_path.iterdir()) == [target]
 
@@ -70,7 +71,8 @@ def test_claim_check_records_failures_without_raising(tmp_path, capsys):
     assert record["holds"] is False
     assert "[OS-4] DOES NOT HOLD" in capsys.readouterr().out
     claims.check(rec, "OS-9", ours=None, paper=135.7, holds=None, note="no timing here")
-    saved = json.loads((rec.dir / "claims.json").read_text())
+    assert not rec.dir.exists()  # nothing is written before the run's results are saved as one set
+    saved = json.loads((rec.save() / "claims.json").read_text())
     assert [c["id"] for c in saved] == ["OS-4", "OS-9"] and saved[1]["holds"] is None
     with pytest.raises(ConfigError, match="unknown claim id"):
         claims.check(rec, "XX-1", 1, 1, True)
@@ -97,15 +99,21 @@ def test_transcribed_paper_files_are_well_formed():
         compare.load_paper("unknown")
 
 
+def stored_run(root, chapter, metrics=None, claim_records=()):
+    """A full-profile folder as a finished run leaves it (through Recorder.save)."""
+    rec = results.Recorder(chapter, "full", root=root)
+    rec.update(metrics or {})
+    for record in claim_records:
+        rec.add_claim(record)
+    return rec.save()
+
+
 def test_full_profile_claims_reads_the_stored_run_or_says_none(tmp_path):
     from outlierbook.results import full_profile_claims
 
     assert full_profile_claims("05_x", root=tmp_path) is None
-    d = tmp_path / "05_x" / "full"
-    d.mkdir(parents=True)
-    (d / "metrics.json").write_text("{}")  # a stored run always has both files (Recorder.save)
-    (d / "claims.json").write_text(json.dumps([{"id": "OS-4", "holds": True, "ours": {"sst2": 1e-6}},
-                                               {"id": "OS-9", "holds": False, "ours": 3}]))
+    stored_run(tmp_path, "05_x", claim_records=[{"id": "OS-4", "holds": True, "ours": {"sst2": 1e-6}},
+                                                {"id": "OS-9", "holds": False, "ours": 3}])
     t = full_profile_claims("05_x", root=tmp_path)
     assert list(t.index) == ["OS-4", "OS-9"] and t.loc["OS-9", "holds"] == False  # noqa: E712
     assert json.loads(t.loc["OS-4", "ours"]) == {"sst2": 1e-6}
@@ -115,11 +123,8 @@ def test_full_profile_verdicts_text_for_each_profile_and_state(tmp_path):
     from outlierbook.results import full_profile_verdicts
 
     assert full_profile_verdicts("05_x", "quick", root=tmp_path) == "the full profile has not been run yet"
-    d = tmp_path / "05_x" / "full"
-    d.mkdir(parents=True)
-    (d / "metrics.json").write_text("{}")  # a stored run always has both files (Recorder.save)
-    (d / "claims.json").write_text(json.dumps([{"id": "OS-4", "holds": True, "ours": 1e-6},
-                                               {"id": "OS-9", "holds": False, "ours": {"twc_s": 88.1}}]))
+    stored_run(tmp_path, "05_x", claim_records=[{"id": "OS-4", "holds": True, "ours": 1e-6},
+                                                {"id": "OS-9", "holds": False, "ours": {"twc_s": 88.1}}])
     text = full_profile_verdicts("05_x", "quick", replace={"OS-9": "timings elsewhere", "OS-99": "absent"},
                                  root=tmp_path)
     assert "OS-4" in text and "1e-06" in text and "timings elsewhere" in text and "88.1" not in text
@@ -131,11 +136,8 @@ def test_full_profile_table_rebuilds_a_table_from_metric_keys(tmp_path):
     from outlierbook.results import full_profile_table
 
     assert full_profile_table("04_x", "table5", root=tmp_path) is None
-    d = tmp_path / "04_x" / "full"
-    d.mkdir(parents=True)
-    (d / "metrics.json").write_text(json.dumps({"table5/1 (=per-tensor)/stsb": 84.5, "table5/1 (=per-tensor)/rte": 52.0,
-                                                "table5/6 + P (only FFN)/stsb": 86.1, "table50/x/y": 1.0,
-                                                "fp32/stsb": 86.7}))
+    stored_run(tmp_path, "04_x", {"table5/1 (=per-tensor)/stsb": 84.5, "table5/1 (=per-tensor)/rte": 52.0,
+                                  "table5/6 + P (only FFN)/stsb": 86.1, "table50/x/y": 1.0, "fp32/stsb": 86.7})
     t = full_profile_table("04_x", "table5", root=tmp_path)
     assert t.loc["6 + P (only FFN)", "stsb"] == 86.1 and t.loc["1 (=per-tensor)", "rte"] == 52.0
     assert t.shape == (2, 2) and pd.isna(t.loc["6 + P (only FFN)", "rte"])

@@ -6,12 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
 
 from ..analysis.lm_outliers import outlier_stats
+from ..atomic import atomic_write_text
 from ..data.corpus import training_texts, wikitext2
 from ..errors import ConfigError
 from ..models.attention_variants import attention_modules, live_rows
@@ -153,9 +153,7 @@ def evaluate_cached(model, cfg: PretrainConfig, tok, train: torch.Tensor, test: 
     if path.is_file():
         return json.loads(path.read_text())
     out = evaluate_trained(model, cfg, tok, train, test, **eval_kw)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(out))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(out))
     return out
 
 

@@ -46,17 +46,76 @@ def short_name(name: str) -> str:
     return EMBEDDED if is_embedded(name) else name.replace("/", "__")
 
 
-def _from_pretrained(loader, name: str, **kwargs):
-    path = resolve(name)
+def _offline() -> bool:
+    from ..nbsetup import online
+
+    return os.environ.get("HF_HUB_OFFLINE") == "1" or not online()
+
+
+def _in_hub_cache(name: str) -> bool:
+    """A hub model downloaded before loads offline from the Hugging Face cache."""
     try:
-        return loader.from_pretrained(path, **kwargs)
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # a malformed id, no cache: not there
+        return False
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """A folder name rather than a hub id (``org/name`` or ``name``): absolute, relative or home paths."""
+    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def check_model_name(name: str) -> str:
+    """Fail fast, before any compute, on a model that cannot be loaded here; returns what to load.
+
+    The embedded default and an existing folder with a ``config.json`` are fine; a path that does not
+    exist is a misspelt folder; a hub id needs ``OUTLIERBOOK_ONLINE=1`` (offline, transformers would
+    otherwise retry the network for many seconds before failing).
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ModelNotAvailableError(f"model must be a name or a folder, got {name!r}; use {EMBEDDED!r} (the embedded default)")
+    if is_embedded(name):
+        return resolve(name)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotAvailableError(f"{path} is a folder but holds no config.json; save a model there with "
+                                         "model.save_pretrained(folder), or name another folder")
+        return str(path)
+    if path.exists():
+        raise ModelNotAvailableError(f"{path} is a file, not a model folder; name the folder that holds config.json")
+    if _looks_like_a_path(name):
+        raise ModelNotAvailableError(f"no model folder at {path} (from the current folder {Path.cwd()}); check the path")
+    if _offline() and not _in_hub_cache(name):
+        raise ModelNotAvailableError(
+            f"model {name!r} is neither the embedded default nor an existing folder, and hub ids need the network; "
+            f"use {EMBEDDED!r}, a saved model folder, or set OUTLIERBOOK_ONLINE=1 on a machine with network")
+    return name
+
+
+def check_finite(model, name: str):
+    """Refuse a model whose weights hold NaN or infinity: it would give numbers, not an error."""
+    import torch
+
+    for pname, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelNotAvailableError(f"model {name!r} has non-finite values (NaN or infinity) in {pname}; "
+                                         "its weights are damaged: reload or re-save it")
+    return model
+
+
+def _from_pretrained(loader, name: str, **kwargs):
+    path = check_model_name(name)
+    try:
+        model = loader.from_pretrained(path, **kwargs)
     except OSError as exc:
         if Path(path).exists():
             raise ModelNotAvailableError(f"cannot load a model from {path}: {exc}") from None
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        fix = ("this machine is offline: use the embedded default 'all-MiniLM-L6-v2', or set OUTLIERBOOK_ONLINE=1 "
-               "on a machine with network" if offline else "check the model id on the Hugging Face hub")
-        raise ModelNotAvailableError(f"model {name!r} is not available ({type(exc).__name__}); {fix}") from None
+        raise ModelNotAvailableError(f"model {name!r} is not available ({type(exc).__name__}); "
+                                     "check the model id on the Hugging Face hub") from None
+    return model if not hasattr(model, "named_parameters") else check_finite(model, name)
 
 
 def load_tokenizer(name: str = EMBEDDED):

@@ -10,7 +10,13 @@ The loop: AdamW, linear warm-up then linear decay, gradient clipping, optional w
 γ (the OPT recipe's ``--wd_LN_gamma``), an optional linear ramp of the clipped-softmax γ from 0 (``gamma_ramp``,
 our remedy for dead attention at initialisation, not the paper's), safetensors checkpoints every ``checkpoint_every`` steps with the
 optimizer, scheduler, RNG and data position, **resumed** automatically from the latest one; the loss curve
-and the outlier statistics (``track``) are saved as JSON beside the checkpoints, written atomically.
+and the outlier statistics (``track``) are saved as JSON with them.
+
+A checkpoint is **one set**: ``<run>/checkpoint/`` holds ``model.safetensors``, ``state.pt`` and
+``history.json`` of the same step, written into a temporary folder and swapped into place in one step
+(:func:`outlierbook.atomic.replace_folder`), so a crash at any point resumes from the previous complete
+checkpoint, never from weights of one step with the optimizer of another. ``state.pt`` holds only
+tensors and plain containers and is read with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -18,12 +24,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from ..atomic import recover, replace_folder, write_synced
 from ..errors import ConfigError
 from ..nbsetup import progress_enabled
 from ..paths import cache_dir
@@ -132,17 +141,44 @@ def _param_groups(model, cfg: PretrainConfig):
     return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+CHECKPOINT = "checkpoint"
+
+
+def save_checkpoint(out: Path, model, state: dict, history: dict) -> Path:
+    """Write weights, optimizer/scheduler/RNG state and history of one step as one set."""
+    from safetensors.torch import save_model
+
+    target = out / CHECKPOINT
+    recover(target)
+    new = Path(tempfile.mkdtemp(dir=out, prefix=f".{CHECKPOINT}.tmp-{os.getpid()}-"))
+    try:
+        save_model(model, str(new / "model.safetensors"))  # handles tied weights (MLM decoder = word embeddings)
+        torch.save(state, new / "state.pt")
+        write_synced(new / "history.json", json.dumps(history, indent=1))
+        replace_folder(new, target)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
+    return target
+
+
+def load_checkpoint(out: Path, model) -> tuple[dict, dict] | None:
+    """``(state, history)`` of the last complete checkpoint, with its weights loaded into ``model``;
+    ``None`` when there is none."""
+    from safetensors.torch import load_model
+
+    target = out / CHECKPOINT
+    recover(target)
+    if not (target / "state.pt").is_file():
+        return None
+    load_model(model, target / "model.safetensors")
+    state = torch.load(target / "state.pt", weights_only=True)
+    return state, json.loads((target / "history.json").read_text())
 
 
 def pretrain(cfg: PretrainConfig, tokenizer, blocks: torch.Tensor, track=None, progress: bool = True):
     """Train (or resume) ``cfg``; returns ``(model, history)``; ``track(model) -> dict`` is logged every
     ``track_every`` steps (e.g. outlier statistics on a fixed batch)."""
     from accelerate import Accelerator
-    from safetensors.torch import load_model, save_model
     from transformers import get_linear_schedule_with_warmup
 
     out = cfg.directory()
@@ -152,15 +188,13 @@ def pretrain(cfg: PretrainConfig, tokenizer, blocks: torch.Tensor, track=None, p
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup * cfg.steps), cfg.steps)
     history = {"config": json.loads(json.dumps(asdict(cfg), default=str)), "loss": [], "track": []}
     start = 0
-    state_file = out / "state.pt"
-    if (out / "model.safetensors").is_file() and state_file.is_file():
-        load_model(model, out / "model.safetensors")
-        state = torch.load(state_file, weights_only=False)
+    resumed = load_checkpoint(out, model)
+    if resumed is not None:
+        state, history = resumed
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start = state["step"]
         torch.set_rng_state(state["torch_rng"])  # dropout continues exactly where it stopped
-        history = json.loads((out / "history.json").read_text())
     accelerator = Accelerator()
     model, optimizer = accelerator.prepare(model, optimizer)
     order_gen = torch.Generator().manual_seed(cfg.seed)
@@ -169,15 +203,9 @@ def pretrain(cfg: PretrainConfig, tokenizer, blocks: torch.Tensor, track=None, p
     mask_gen = torch.Generator().manual_seed(cfg.seed + 1)
 
     def checkpoint(step: int) -> None:
-        unwrapped = accelerator.unwrap_model(model)
-        tmp = out / f"model.safetensors.tmp{os.getpid()}"
-        save_model(unwrapped, str(tmp))  # handles tied weights (MLM decoder = word embeddings)
-        os.replace(tmp, out / "model.safetensors")
-        tmp_state = out / f"state.pt.tmp{os.getpid()}"
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                    "torch_rng": torch.get_rng_state()}, tmp_state)
-        os.replace(tmp_state, state_file)
-        _write_json(out / "history.json", history)
+        save_checkpoint(out, accelerator.unwrap_model(model),
+                        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                         "torch_rng": torch.get_rng_state()}, history)
 
     model.train()
     bar = tqdm(range(start, cfg.steps), desc=f"pre-train {cfg.key()}", initial=start, total=cfg.steps,

@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 import os
-import shutil
+import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -24,17 +24,25 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 from tqdm import tqdm
 
+from ..atomic import recover, replace_folder
 from ..data.glue import TaskData, load_task, task_spec
 from ..errors import ConfigError
 from ..nbsetup import progress_enabled
 from ..paths import cache_dir
-from .load import EMBEDDED, load_classifier, load_tokenizer, resolve, short_name
+from .load import EMBEDDED, check_finite, load_classifier, load_tokenizer, resolve, short_name
 
 # ---------------------------------------------------------------- batching
 
 
 def encode(tokenizer, text_a, text_b=None, max_length: int = 128) -> dict:
-    """Tokenise a batch with right padding (the quantization code assumes right padding)."""
+    """Tokenise a batch with right padding (the quantization code assumes right padding).
+
+    ``max_length`` may not exceed the tokenizer's ``model_max_length`` (the model's positions):
+    a longer sequence would fail later with a raw size mismatch inside the model."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and limit < 10**6 and max_length > limit:
+        raise ConfigError(f"max_length {max_length} is longer than the model's {limit} positions; "
+                          f"use max_length <= {limit}")
     enc = tokenizer(list(text_a), None if text_b is None else list(text_b), padding=True, truncation=True,
                     max_length=max_length, return_tensors="pt")
     if "token_type_ids" not in getattr(tokenizer, "model_input_names", ["token_type_ids"]):
@@ -193,19 +201,17 @@ def get_finetuned(cfg: FinetuneConfig, progress: bool = True, data_source: str =
     path = cfg.path()
     if not (path / "model.safetensors").is_file():
         model, losses = finetune(cfg, progress=progress, data_source=data_source)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        recover(path)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-"))
         model.save_pretrained(tmp, safe_serialization=True)
         dev = evaluate(model, load_tokenizer(cfg.model), load_task(cfg.task, "dev", source=data_source))
         meta = {"config": asdict(cfg), "base": resolve(cfg.model) if cfg.model != EMBEDDED else EMBEDDED,
                 "loss_curve": [round(x, 5) for x in losses], "dev": dev}
         (tmp / "finetune.json").write_text(json.dumps(meta, indent=1))
-        if path.exists():
-            shutil.rmtree(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, path)
+        replace_folder(tmp, path)  # one step: a killed run leaves no half-saved head
     model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="sdpa").eval()
-    return model
+    return check_finite(model, str(path))
 
 
 def finetune_info(cfg: FinetuneConfig) -> dict:
