@@ -82,14 +82,30 @@ def parse_overrides(pairs: list[str] | None) -> dict:
 
 
 def parameters_for(chapter: Chapter, profile: str, overrides: dict | None = None) -> dict:
+    """The parameters a run injects: ``profile``, the registry's values for it, the user's overrides —
+    every name known to the chapter's parameters cell, every value type- and domain-checked
+    (:mod:`outlierbook.parameters`) before any compute."""
+    from . import parameters
+
     check_profile(profile)
+    overrides = dict(overrides or {})
+    if "profile" in overrides:
+        raise ConfigError(f"profile is chosen with --profile, not --set (a --set profile would write one profile's "
+                          f"numbers into the other's results); run: python -m outlierbook run {chapter.id} "
+                          f"--profile {overrides['profile']}")
     defaults = parameter_defaults(chapter)
-    params = {"profile": profile, **chapter.profiles.get(profile, {}), **(overrides or {})}
+    params = {"profile": profile, **chapter.profiles.get(profile, {}), **overrides}
     unknown = sorted(set(params) - set(defaults))
     if unknown:
         raise ConfigError(
             f"unknown parameter(s) {', '.join(unknown)} for chapter {chapter.id}; it takes: {', '.join(sorted(defaults))}"
         )
+    for name, value in params.items():
+        if name != "profile":
+            examples = [defaults[name]] + [values[name] for values in chapter.profiles.values() if name in values]
+            parameters.check(name, value, examples)
+    if "model" in overrides:
+        params["model"] = parameters.absolute_model_path(params["model"])
     return params
 
 

@@ -120,3 +120,14 @@ def test_token_wise_clip_cuts_the_planted_outlier_tokens_only():
     fq.fix()
     with pytest.raises(ConfigError):
         TokenWiseClip(p=0.0)
+
+
+@pytest.mark.parametrize("spec,message", [
+    (("percentile", {"q": 99.9}), r"range estimator 'percentile' takes no argument 'q'; it takes: p"),
+    (("percentile", 99.9), "is not understood"),
+    (("mse", {}, 1), "is not understood"),
+])
+def test_malformed_estimator_specs_are_config_errors(spec, message):
+    """Before, these raised a raw TypeError or ValueError."""
+    with pytest.raises(ConfigError, match=message):
+        make_estimator(spec)

@@ -183,3 +183,12 @@ def test_node_cosine_covers_every_quantized_node_and_restores_the_mode():
     assert sorted(cos.node) == sorted(qm.node_names(quantized_only=True))
     assert cos.cos_sim.between(0, 100.0001).all() and cos.cos_sim.is_monotonic_increasing
     assert qm.mode == (True, True) and all(n.capture is None for n in qm.act_nodes.values())
+
+
+def test_an_axis_the_activation_lacks_is_a_one_line_config_error():
+    """Before, {"axis": 5} failed deep in torch.movedim with an IndexError."""
+    qm = quantize_model(tiny_bert(), config={"ffn.gelu": {"axis": 5}})
+    with pytest.raises(ConfigError, match=r"node layer0.ffn.gelu: axis 5 does not exist in a 2-d tensor.*-1: the hidden dimension"):
+        calibrate(qm, [batch()])
+    with pytest.raises(ConfigError, match="axis must be an int"):
+        quantize_model(tiny_bert(), config={"ffn.gelu": {"axis": "hidden"}})

@@ -20,6 +20,8 @@ quantizes anything itself; the fake quantizer does (the observer / fake-quantize
 
 from __future__ import annotations
 
+import inspect
+
 import math
 
 import torch
@@ -317,7 +319,18 @@ def make_estimator(spec) -> RangeEstimator:
     """An estimator from a name (``"running_minmax"``), a ``(name, kwargs)`` pair, or an instance."""
     if isinstance(spec, RangeEstimator):
         return spec
-    name, kwargs = (spec, {}) if isinstance(spec, str) else spec
+    if isinstance(spec, str):
+        name, kwargs = spec, {}
+    elif isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[1], dict):
+        name, kwargs = spec
+    else:
+        raise ConfigError(f"range estimator {spec!r} is not understood; use a name (e.g. 'running_minmax') "
+                          "or a (name, {argument: value}) pair (e.g. ('percentile', {'p': 99.99}))")
     if name not in ESTIMATORS:
         raise ConfigError(f"unknown range estimator {name!r}; use one of: {', '.join(ESTIMATORS)}")
+    takes = [p for p in inspect.signature(ESTIMATORS[name]).parameters if p not in ("self", "args", "kwargs")]
+    unknown = sorted(set(kwargs) - set(takes))
+    if unknown:
+        raise ConfigError(f"range estimator {name!r} takes no argument {', '.join(map(repr, unknown))}; "
+                          f"it takes: {', '.join(takes) or 'no arguments'}")
     return ESTIMATORS[name](**kwargs)

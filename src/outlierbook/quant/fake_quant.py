@@ -60,7 +60,11 @@ class FakeQuantizer(nn.Module):
                 raise ConfigError(f"node {self.name}: token-wise clipping gives one per-tensor range")
             self.estimator.update(x.detach().reshape(-1, x.shape[-1]))
         else:
-            self.estimator.update(self.granularity.rows(x.detach()))
+            try:
+                rows = self.granularity.rows(x.detach())
+            except ConfigError as exc:
+                raise ConfigError(f"node {self.name or '?'}: {exc}") from None
+            self.estimator.update(rows)
 
     def fix(self) -> None:
         """Compute scale and zero point from the estimator's range."""

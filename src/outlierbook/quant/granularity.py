@@ -29,6 +29,10 @@ class Granularity:
     permutation: torch.Tensor | None = None
 
     def __post_init__(self):
+        if self.axis is not None and (isinstance(self.axis, bool) or not isinstance(self.axis, int)):
+            raise ConfigError(f"axis must be an int (e.g. -1 for the hidden dimension) or None (per-tensor), got {self.axis!r}")
+        if self.groups is not None and (isinstance(self.groups, bool) or not isinstance(self.groups, int)):
+            raise ConfigError(f"number of groups must be an int, got {self.groups!r}")
         if self.groups is not None and self.axis is None:
             raise ConfigError("per-group quantization needs an axis (e.g. axis=-1 for the hidden dimension)")
         if self.groups is not None and self.groups < 1:
@@ -40,8 +44,15 @@ class Granularity:
             return "per-tensor"
         return "per-channel" if self.groups is None else f"per-group(K={self.groups}{'+P' if self.permutation is not None else ''})"
 
+    def check_axis(self, x: torch.Tensor) -> int:
+        """The axis as a non-negative index into ``x``; a one-line error if ``x`` has no such axis."""
+        if not -x.dim() <= self.axis < x.dim():
+            raise ConfigError(f"axis {self.axis} does not exist in a {x.dim()}-d tensor of shape {tuple(x.shape)}; "
+                              f"use an axis from {-x.dim()} to {x.dim() - 1} (-1: the hidden dimension)")
+        return self.axis % x.dim()
+
     def _channels_first(self, x: torch.Tensor) -> torch.Tensor:
-        xc = x.movedim(self.axis, 0)
+        xc = x.movedim(self.check_axis(x), 0)
         if self.permutation is not None:
             if self.permutation.numel() != xc.shape[0]:
                 raise ConfigError(f"permutation has {self.permutation.numel()} entries for {xc.shape[0]} channels")
@@ -63,13 +74,13 @@ class Granularity:
     def n_rows(self, x: torch.Tensor) -> int:
         if self.axis is None:
             return 1
-        return self.groups if self.groups is not None else x.shape[self.axis]
+        return self.groups if self.groups is not None else x.shape[self.check_axis(x)]
 
     def expand(self, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Per-row values -> a tensor broadcastable against ``x``."""
         if self.axis is None:
             return values.reshape(())
-        axis = self.axis % x.dim()
+        axis = self.check_axis(x)
         channels = x.shape[axis]
         if self.groups is None:
             per_channel = values
