@@ -102,6 +102,14 @@ def test_damaged_rows_are_errors_naming_file_and_line(tmp_path, folder, name, te
         load_task(task, "dev", data_dir_override=tmp_path)
 
 
+def test_a_binary_file_is_a_data_error_not_a_traceback(tmp_path):
+    d = tmp_path / "glue" / "SST-2"
+    d.mkdir(parents=True)
+    (d / "dev.tsv").write_bytes(b"text\tlabel\n\xff\xfe\x00\x81 good\t1\n")
+    with pytest.raises(MalformedDataError, match="cannot be read as tab-separated UTF-8 text"):
+        load_task("sst2", "dev", data_dir_override=tmp_path)
+
+
 def test_a_truncated_file_of_the_books_data_is_caught_at_a_line_boundary(tmp_path, monkeypatch):
     import outlierbook.data.glue as glue
 

@@ -100,17 +100,24 @@ _FORMAT = "the file is damaged or not the GLUE format of data/README.md"
 
 def _rows(path: Path, fields: tuple[int, int | None], header: bool):
     least, most = fields
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-        for lineno, row in enumerate(reader, start=1):
-            if header and lineno == 1:
-                continue
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if len(row) < least or (most is not None and len(row) > most):
-                expected = f"{least}" if most == least else f"at least {least}"
-                raise MalformedDataError(f"{path}:{lineno}: expected {expected} tab-separated fields, found {len(row)}; {_FORMAT}")
-            yield lineno, row
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            yield from _checked_rows(path, csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), least, most, header)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise MalformedDataError(f"{path}: cannot be read as tab-separated UTF-8 text ({type(exc).__name__}: "
+                                 f"{str(exc)[:80]}); {_FORMAT}") from None
+
+
+def _checked_rows(path: Path, reader, least: int, most: int | None, header: bool):
+    for lineno, row in enumerate(reader, start=1):
+        if header and lineno == 1:
+            continue
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        if len(row) < least or (most is not None and len(row) > most):
+            expected = f"{least}" if most == least else f"at least {least}"
+            raise MalformedDataError(f"{path}:{lineno}: expected {expected} tab-separated fields, found {len(row)}; {_FORMAT}")
+        yield lineno, row
 
 
 def _label(path: Path, lineno: int, text: str, spec: TaskSpec):
