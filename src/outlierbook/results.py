@@ -135,13 +135,16 @@ class Recorder:
         self.update({name: value})
 
     def update(self, metrics: dict) -> None:
-        """Record metrics; a NaN or infinite value is an error here, not a number in the book."""
+        """Record metrics; a NaN is an error here, not a number in the book.
+
+        NaN is what damaged weights, data or ranges propagate to a metric. An infinity is kept (stored
+        as ``"inf"``): the book records settings such as a disabled threshold (``-inf``) beside its
+        metrics, and a perplexity can overflow for a broken quantized model, which is a measurement."""
         for name, value in metrics.items():
             if isinstance(value, (float, int)) or (hasattr(value, "item") and getattr(value, "ndim", 1) == 0):
-                number = float(value)
-                if not math.isfinite(number):
-                    raise OutlierBookError(f"metric {name} is {number}: a model or an evaluation produced non-finite "
-                                           "values; check the model's weights and the quantization ranges before recording")
+                if math.isnan(float(value)):
+                    raise OutlierBookError(f"metric {name} is NaN: a model or an evaluation produced NaN; check the "
+                                           "model's weights, the data and the quantization ranges before recording")
         self.metrics.update(metrics)
 
     def add_rows(self, rows) -> None:

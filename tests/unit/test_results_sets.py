@@ -72,18 +72,19 @@ def test_folders_stored_before_the_manifest_are_checked_for_what_they_record(tmp
         results.load("ch", "full", root=tmp_path)
 
 
-def test_nothing_is_written_until_save_and_non_finite_metrics_are_refused(tmp_path):
+def test_nothing_is_written_until_save_and_nan_metrics_are_refused(tmp_path):
+    import numpy as np
+    import torch
+
     rec = Recorder("ch", "quick", root=tmp_path)
     rec.add_claim({"id": "OS-4", "holds": True})
     assert not rec.dir.exists()
-    for bad in (float("nan"), float("inf")):
-        with pytest.raises(OutlierBookError, match="non-finite"):
-            rec.metric("acc", bad)
-    import numpy as np
-
-    with pytest.raises(OutlierBookError, match="metric acc is nan"):
-        rec.update({"acc": np.float32("nan")})
+    for bad in (float("nan"), np.float32("nan"), torch.tensor(float("nan"))):
+        with pytest.raises(OutlierBookError, match="metric acc is NaN"):
+            rec.update({"acc": bad})
     assert "acc" not in rec.metrics
+    rec.update({"threshold": float("-inf")})  # a setting (a disabled threshold) is kept, stored as "-inf"
+    assert json.loads((rec.save() / "metrics.json").read_text()) == {"threshold": "-inf"}
 
 
 def test_an_unwritable_results_folder_fails_before_any_compute(tmp_path):
