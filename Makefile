@@ -1,6 +1,6 @@
 # Outlier Book. Two commands matter (see README.md):
 #   make book   install everything into .venv, execute every chapter (quick profile), build the HTML
-#   make test   unit tests, execute every chapter (quick), nbval re-run, build the HTML
+#   make test   unit tests, execute every chapter (quick), nbval re-run, build the HTML, read it in a browser
 PYTHON  ?= python3
 PROFILE ?= quick
 VENV    := .venv
@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 endif
 
-.PHONY: install book test unit prepare execute check nbval html clean full
+.PHONY: install book test unit prepare execute check nbval html browser clean full
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,15 +41,19 @@ html: install
 
 book: execute html
 
+# The built book in headless Chromium, offline (needs Debian's chromium, or OUTLIERBOOK_CHROMIUM).
+browser: install
+	$(PY) -m pytest tests/browser -q
+
 unit: install
-	$(PY) -m pytest tests -q -m "not slow"; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit $$rc
-	$(PY) -m pytest tests -q -m slow; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit $$rc
+	$(PY) -m pytest tests/unit -q -m "not slow"; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit $$rc
+	$(PY) -m pytest tests/unit -q -m slow; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit $$rc
 
 nbval: install
 	OUTLIERBOOK_TEST=1 $(PY) -m outlierbook validate
 
 test: export OUTLIERBOOK_TEST := 1
-test: unit execute check nbval html
+test: unit execute check nbval html browser
 
 full:
 	$(MAKE) book PROFILE=full

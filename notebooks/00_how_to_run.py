@@ -81,7 +81,7 @@
 #
 # - `results/paper/<paper>.csv`: each paper's numbers, transcribed once, with table and page.
 # - `results/<chapter>/<profile>/metrics.json`, `table.csv`, `claims.json`, `run.json`: ours.
-# - `data/claims.md`: the claims the book checks and the rule that decides each, fixed in
+# - the {doc}`claims ledger </book/claims>`: the claims the book checks and the rule that decides each, fixed in
 #   advance. Chapters record every check — held or not — in `claims.json`.
 #
 # Now the live part. The parameters cell below is what `run` overrides.

@@ -153,7 +153,7 @@ contrast = profile_table[profile_table.node.str.endswith("ffn.gelu")].iloc[0].no
 sweeps = pd.concat([clipping_sweep(acts[n], bits=(4, 6, 8)).assign(node=n) for n in (focus.node, contrast)],
                    ignore_index=True)
 rec.add_rows(sweeps.assign(experiment="clipping_sweep").rename(columns={"mse": "value"}))
-fig, axes = plt.subplots(2, 3, figsize=(10, 5.6), sharey="row")
+fig, axes = plt.subplots(2, 3, figsize=(8.6, 5.6), sharey="row")
 for row, (node, dn) in enumerate(sweeps.groupby("node", sort=False)):
     for ax, (b, d) in zip(axes[row], dn.groupby("bits")):
         ax.loglog(d.clip_hi, d.mse, label="total", color="k")
@@ -243,7 +243,7 @@ print(gran_wide.to_string(float_format=lambda v: f"{v:.3g}"))
 #
 # ## Checks
 #
-# The ledger `data/claims.md` holds no claim for this primer; its checks are facts of the
+# The {doc}`claims ledger </book/claims>` holds no claim for this primer; its checks are facts of the
 # method that must hold on our measurement, computed here and recorded in `metrics.json`:
 #
 # 1. inside the range, the measured rounding error at 8 bits is $s^2/12$ to within 25 %;

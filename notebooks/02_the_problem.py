@@ -218,7 +218,7 @@ os_paper.style.set_uuid("ch02_os_t11").hide(axis="index").format({"value": "{:.2
 # %% [markdown]
 # ## Claim checks
 #
-# Two claims of the ledger (`data/claims.md`) rest on this chapter's measurements. Their rules
+# Two claims of the ledger ({doc}`/book/claims`) rest on this chapter's measurements. Their rules
 # are fixed there; the averages below are over the tasks we could run.
 #
 # - **PEG-1**: W8A32 within 0.5 points of FP32 on average, and W32A8 loses more than W8A32.

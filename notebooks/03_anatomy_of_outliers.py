@@ -110,7 +110,7 @@ compare.styled(compare.compare(compare.load_paper("quantizable", "Figure 1"), ou
                "ch03_fig1", digits=1, caption="Outliers on [SEP] . , — Bondarenko et al. 2023 (BERT-base) vs ours (MiniLM, last two layers)")
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.2))
 total = torch.stack(list(per_dim_all.values())).sum(0)
 axes[0].bar(np.arange(d), total.numpy(), width=1.0)
 axes[0].set(xlabel="hidden dimension", ylabel="outliers (all layers)", title="outliers per hidden dimension")
@@ -152,7 +152,7 @@ print(ranges.round(2).to_string(index=False))
 
 # %%
 first = slice(0, lengths[0])
-fig, axes = plt.subplots(2, 1, figsize=(9, 4.2), sharex=True)
+fig, axes = plt.subplots(2, 1, figsize=(8.6, 4.2), sharex=True)
 for ax, kind in zip(axes, ("attention.ln", "ffn.output")):
     x = acts[f"layer{n_layers - 1}.{kind}"][first]
     ax.fill_between(np.arange(x.shape[0]), x.amin(1).numpy(), x.amax(1).numpy(), alpha=0.6)
@@ -187,7 +187,7 @@ print(gamma_table.round(2).to_string(index=False))
 
 # %%
 layer_shown = int(gamma_table["top-10 overlap |γ| vs max|X̃|"].idxmax())
-fig, axes = plt.subplots(3, 1, figsize=(9, 5), sharex=True)
+fig, axes = plt.subplots(3, 1, figsize=(8.6, 5), sharex=True)
 for ax, values, label in zip(axes, gamma_curves[layer_shown], ["|γ|", "max |X̃| (LN output)", "max |X'| (non-scaling)"]):
     ax.bar(np.arange(d), values.numpy(), width=1.0)
     ax.set_ylabel(label, fontsize=8)
@@ -236,13 +236,13 @@ show_head = heads.loc[show_layer, "outlier heads"][0]
 r, n0 = records[0][show_layer], lengths[0]
 p = r["probs"][0, show_head, :n0, :n0]
 vnorm = r["values"][0, show_head, :n0].norm(dim=-1)
-fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1, 0.5, 1]})
+fig, axes = plt.subplots(1, 3, figsize=(8.6, 3.8), gridspec_kw={"width_ratios": [1, 0.5, 1]})
 axes[0].imshow(p.numpy(), cmap="viridis")
 axes[0].set(title=f"layer {show_layer}, head {show_head}: p(q→k)", xlabel="key", ylabel="query")
 axes[1].barh(np.arange(n0), vnorm.numpy())
 axes[1].invert_yaxis()
 axes[1].set(title="‖v_k‖", yticks=np.arange(n0))
-axes[1].set_yticklabels(tokens[:n0], fontsize=6)
+axes[1].set_yticklabels(tokens[:n0], fontsize=7)
 axes[2].imshow((p * vnorm[None, :]).numpy(), cmap="viridis")
 axes[2].set(title="p(q→k)·‖v_k‖", xlabel="key")
 fig.tight_layout()
@@ -276,7 +276,7 @@ print("MHA-LN outputs clipped from below:")
 print(ln_impact.round(2).to_string(index=False))
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.2))
 for ax, (name, table) in zip(axes, (("GELU (clip from above)", gelu_impact), ("MHA-LN (clip from below)", ln_impact))):
     t = table.dropna(subset=["clip"])
     ax.plot(t["clip"].abs(), t["metric"], "o-", color="k", label="accuracy")
@@ -299,7 +299,7 @@ t13.pivot(index="setting", columns="metric", values="value").style.set_uuid("ch0
 # %% [markdown]
 # ## Claim checks
 #
-# Five claims of the ledger rest on these measurements (rules fixed in `data/claims.md`):
+# Five claims of the ledger rest on these measurements (rules fixed in the {doc}`claims ledger </book/claims>`):
 #
 # - **QT-1**: ≤ 1 % of hidden dimensions hold ≥ 90 % of the outliers; the share on delimiters is reported.
 #   We apply it to the FFN output of every layer.

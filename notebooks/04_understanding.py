@@ -306,7 +306,7 @@ print(paper6.round(2).to_string())
 # %% [markdown]
 # ## Claim checks
 #
-# Rules from `data/claims.md`; "average" is over the tasks each table ran.
+# Rules from the {doc}`claims ledger </book/claims>`; "average" is over the tasks each table ran.
 
 # %%
 avg1 = table1["average"]

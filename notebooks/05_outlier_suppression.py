@@ -98,11 +98,14 @@ cache = {}  # (task, method, bits) -> result, shared by the tables below
 # $\tilde X$ is linear in it, so γ can be moved into each consumer:
 #
 # - the next Linear layer (Q, K, V after the embedding LN and after each FFN-LN; FFN1 after each
-#   MHA-LN), with $W\in\mathbb R^{m\times d}$:
-#   $$W\tilde x = W(\gamma\odot x') = \sum_j W_{:j}\,\gamma_j\,x'_j = \big(W\operatorname{diag}(\gamma)\big)\,x',$$
-#   i.e. column $j$ of $W$ is multiplied by $\gamma_j$ (Eq. 5);
+#   MHA-LN), with $W\in\mathbb R^{m\times d}$: column $j$ of $W$ is multiplied by $\gamma_j$ (Eq. 5,
+#   below);
 # - the shortcut of the next residual sum: $\tilde x + F(\tilde x) = \gamma\odot x' + F'(x')$ — the
 #   shortcut branch is multiplied by γ (element-wise, in FP).
+#
+# For the Linear layer, Eq. 5 of the paper:
+#
+# $$W\tilde x = W(\gamma\odot x') = \sum_j W_{:j}\,\gamma_j\,x'_j = \big(W\operatorname{diag}(\gamma)\big)\,x'.$$
 #
 # Nothing else reads $\tilde X$, so the migrated model computes **the same function** — the
 # identity is exact up to floating-point rounding. What changes is the tensor that gets quantized:
@@ -357,15 +360,16 @@ compare.styled(t5, "ch05_table5", caption="Table 5 (paper: BERT-base, SST-2) bes
 # numbers are shown here only as context, transcribed from the paper.
 
 # %%
-not_reproduced = pd.concat([compare.load_paper("outlier_suppression", "Table 6"),
-                            compare.load_paper("outlier_suppression", "Table 7")])
-not_reproduced.pivot_table(index=["table", "setting"], columns="metric", values="value", sort=False).style.set_uuid(
-    "ch05_not_reproduced").format("{:.2f}", na_rep="—").set_caption("Paper only — NOT reproduced in this book")
+for table, what in [("Table 6", "question answering (F1)"), ("Table 7", "summarization (ROUGE-1)")]:
+    paper_only = compare.load_paper("outlier_suppression", table).pivot_table(
+        index="setting", columns="metric", values="value", sort=False)
+    display(paper_only.style.set_uuid(f"ch05_not_reproduced_{table[-1]}").format("{:.2f}", na_rep="—").set_caption(
+        f"Paper only, {table}, {what} — NOT reproduced in this book"))
 
 # %% [markdown]
 # ## Claim checks
 #
-# The rules are fixed in `data/claims.md`; the averages are over the tasks this profile ran.
+# The rules are fixed in the {doc}`claims ledger </book/claims>`; the averages are over the tasks this profile ran.
 
 # %%
 claims.check(rec, "OS-4", ours={t: f"{v:.2e}" for t, v in migration_diff.items()}, paper="exact (Eq. 4–5)",

@@ -218,12 +218,13 @@ curves = pd.concat([pd.DataFrame(h["track"]).assign(model=label) for (label, _),
 rec.add_rows(curves.assign(experiment="pilot_curves"))
 rec.add_rows(pd.concat([pd.DataFrame({"step": range(1, len(h["loss"]) + 1), "loss": h["loss"]}).assign(model=label)
                         for (label, _), h in pilot_hist.items()]).assign(experiment="pilot_loss"))
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+fig, axes = plt.subplots(3, 1, figsize=(6.4, 8), sharex=True)
 for label, g in curves.groupby("model", sort=False):
     for ax, col in zip(axes, ["max_inf_norm", "avg_kurtosis", "max_kurtosis"]):
         ax.plot(g["step"], g[col], marker="o", ms=3, label=label)
-        ax.set(xlabel="training step", title=col.replace("_", " "))
-axes[0].legend()
+        ax.set(ylabel=col.replace("_", " "))
+axes[-1].set(xlabel="training step")
+axes[0].legend(fontsize=8)
 plt.tight_layout()
 plt.show()
 
@@ -351,7 +352,7 @@ f6["relative log-ppl"] = [qx.relative_log_ppl(r.ppl_fp, ref.loc[r.seq_len, "ppl_
 rec.add_rows(f6.assign(experiment="figure6"))
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.2))
 for T, g in f6[f6.softmax == "clipped"].groupby("seq_len"):
     axes[0].plot(g["alpha"], g["relative log-ppl"], marker="o", label=f"T = {T}")
     axes[1].plot(g["alpha"], g["max_inf_norm"], marker="o", label=f"T = {T}")
@@ -379,11 +380,12 @@ f7_rows, _ = qx.run_models(fig7_cfgs, seeds[:1], data, progress=progress, **ev)
 f7 = pd.DataFrame(f7_rows)
 rec.add_rows(f7.assign(experiment="figure7"))
 vanilla_ref = table2.loc[f"{sweep_model} vanilla"]
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+fig, axes = plt.subplots(3, 1, figsize=(6.4, 7), sharex=True)
 for ax, col in zip(axes, ["ppl_fp", "max_inf_norm", "ppl_w8a8"]):
     ax.plot(f7["pi_init"], f7[col], marker="o")
     ax.axhline(vanilla_ref[col], ls=":", color="grey")
-    ax.set(xlabel="π_init", title=f"{col} (dotted: vanilla)")
+    ax.set(ylabel=col, title=f"{col} (dotted: vanilla)")
+axes[-1].set(xlabel="π_init")
 plt.tight_layout()
 plt.show()
 
@@ -406,7 +408,7 @@ print(w8.round(2).to_string())
 # %% [markdown]
 # ## Claim checks
 #
-# The rules are the ledger's (`data/claims.md`, QT-3 … QT-7); where the ledger says "close to", we read it
+# The rules are the {doc}`claims ledger's </book/claims>` (QT-3 … QT-7); where the ledger says "close to", we read it
 # as "closer to vanilla than the fix is" on the log scale, for both outlier statistics. FP perplexity
 # "within 5 %" is relative to vanilla's.
 
@@ -576,8 +578,8 @@ if not full_tables:
 # :class: dropdown
 # $-\gamma/(\zeta-\gamma) = 0.025/1.025 \approx 0.0244 = 3.1/T$ at $T = 128$: a token must get about three
 # times the uniform probability to survive. A random BERT-base layer (768 wide, 12 heads) has score
-# spread large enough that a few rows keep a token above the threshold (notes §3.7: ≈ 0.07 % at
-# α = 3.2); at our widths the scores are nearly uniform and (almost) no row does (the live-row table above).
+# spread large enough that a few rows keep a token above the threshold; at our widths the scores
+# are nearly uniform and (almost) no row does (the live-row table above).
 # Gradient flows only through live rows, so the wide model escapes and the narrow one cannot — hence
 # our γ ramp.
 # ```

@@ -127,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             if found:
                 raise OutlierBookError("cannot build the book: " + "; ".join(found))
             from .paths import repo_root
+            from .teaching import write_fragment
 
+            write_fragment()  # the teaching page's run times and exercise list, from this build's notebooks
             jb = Path(sys.executable).with_name("jupyter-book")
             return subprocess.call([str(jb) if jb.exists() else "jupyter-book", "build", str(repo_root()),
                                     "-W", "-n", "--keep-going"])

@@ -87,3 +87,15 @@ def test_the_books_ledger_is_the_steering_ledger():
     steering = STEERING_LEDGER
     assert (data / "claims.md").read_text(encoding="utf-8") == steering.read_text(encoding="utf-8"), (
         "data/claims.md differs from the project's steering ledger: copy it in (rule changes are dated there)")
+
+
+def test_the_teaching_page_lists_every_chapters_exercises_without_solutions(tmp_path):
+    from outlierbook import teaching
+
+    for chapter in registry.CHAPTERS:
+        items = teaching.exercises(chapter)
+        assert len(items) >= 2, chapter.id
+        assert not any("Solution" in item or "```" in item for item in items), chapter.id
+    text = teaching.fragment()
+    assert text.count("{doc}`/notebooks/") >= 2 * len(registry.CHAPTERS)
+    assert (ROOT / "book" / "teaching.md").read_text().count("_generated/teaching.md") == 1
