@@ -71,7 +71,7 @@ from outlierbook.experiments.problem import node_sensitivity, weight_act_sweep
 from outlierbook.models.tasks import task_setup
 from outlierbook.quant.calibrate import calibration_batches
 from outlierbook.quant.ptq import quantized
-from outlierbook.results import Recorder, dumps
+from outlierbook.results import Recorder, dumps, full_profile_verdicts
 
 rec = Recorder("02_the_problem", profile, params=dict(model=model, tasks=tasks, eval_limit=eval_limit, n_calib=n_calib,
                                                       calib_seeds=calib_seeds, node_study_tasks=node_study_tasks,
@@ -250,6 +250,15 @@ print(dumps({c["id"]: c["holds"] for c in rec.claims}))
 # %%
 rec.save(extra_run_info={"settings": settings})
 print("results written for", rec.chapter, rec.profile)
+
+# %% [markdown]
+# ### The full profile's verdicts
+#
+# What the full run (every dev example, five calibration seeds) says of these two claims, from its
+# stored results — the quick numbers above are a smoke test of the code path:
+
+# %% tags=["nbval-check-output"]
+print(full_profile_verdicts("02_the_problem", profile))
 
 # %% [markdown]
 # ## Exercises

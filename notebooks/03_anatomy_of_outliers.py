@@ -57,7 +57,7 @@ from outlierbook.analysis.clipping import clipping_impact
 from outlierbook.data.glue import TaskData
 from outlierbook.models import load
 from outlierbook.models.tasks import encode, subsample, task_setup
-from outlierbook.results import Recorder, dumps
+from outlierbook.results import Recorder, dumps, full_profile_verdicts
 
 rec = Recorder("03_anatomy_of_outliers", profile, params=dict(model=model, n_sentences=n_sentences, eval_limit=eval_limit,
                                                               gelu_clips=gelu_clips, ln_clips=ln_clips, seed=seed))
@@ -403,6 +403,15 @@ print(stats.round(1).to_string())
 # %%
 rec.save(extra_run_info={"settings": settings})
 print("results written for", rec.chapter, rec.profile)
+
+# %% [markdown]
+# ### The full profile's verdicts
+#
+# The claims of this chapter as the full run (512 sentences, every dev example) decided them, from its
+# stored results:
+
+# %% tags=["nbval-check-output"]
+print(full_profile_verdicts("03_anatomy_of_outliers", profile))
 
 # %% [markdown]
 # The outliers are there before fine-tuning: they are a property of the pretrained model. The

@@ -99,6 +99,7 @@ def check(recorder, claim_id: str, ours, paper, holds, note: str = "") -> dict:
     }
     if recorder is not None:
         recorder.add_claim(record)
-    print(f"[{claim_id}] {verdict}: {claim.claim} | ours {_fmt(ours)} | paper {_fmt(paper)} | rule: {claim.rule}"
+    smoke = " (quick profile: a smoke test of the code path, not the book's verdict)" if record["profile"] == "quick" else ""
+    print(f"[{claim_id}] {verdict}{smoke}: {claim.claim} | ours {_fmt(ours)} | paper {_fmt(paper)} | rule: {claim.rule}"
           + (f" | {note}" if note else ""))
     return record

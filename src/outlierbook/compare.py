@@ -42,12 +42,14 @@ def compare(paper: pd.DataFrame, ours: pd.DataFrame, on=("setting", "metric"), t
     """Outer-join paper and ours on ``on``; add Δ = ours − paper and a verdict.
 
     verdict: "within ±tol", "better by > tol", "worse by > tol", "paper only", "ours only", or
-    "not comparable (quick)" for quick-profile runs.
+    "not comparable (quick)" for quick-profile runs. Rows keep the paper's order (its transcription
+    order), then our rows the paper does not have, in our order.
     """
     on = list(on)
-    left = paper[on + ["value", "table"]].rename(columns={"value": "paper"})
-    right = ours[on + ["value"]].rename(columns={"value": "ours"})
-    df = left.merge(right, on=on, how="outer", sort=False)
+    left = paper[on + ["value", "table"]].rename(columns={"value": "paper"}).assign(_paper_order=range(len(paper)))
+    right = ours[on + ["value"]].rename(columns={"value": "ours"}).assign(_our_order=range(len(ours)))
+    df = left.merge(right, on=on, how="outer")  # an outer merge sorts its keys: restore the paper's row order
+    df = df.sort_values(["_paper_order", "_our_order"], na_position="last", kind="stable").reset_index(drop=True)
     df["Δ"] = df["ours"] - df["paper"]
 
     def verdict(row) -> str:

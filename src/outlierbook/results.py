@@ -288,17 +288,38 @@ def full_profile_table(chapter: str, prefix: str, root: Path | None = None) -> p
     return pd.DataFrame.from_dict(cells, orient="index") if cells else None
 
 
+def verdict_summary(claims: list[dict]) -> str:
+    """The plain statement a chapter closes with: which claims held, which did not, which were not testable."""
+    groups = {"held": [], "did not hold": [], "not testable here": []}
+    for c in claims:
+        groups[{True: "held", False: "did not hold", None: "not testable here"}[c.get("holds")]].append(c["id"])
+    return "\n".join(f"{name}: {', '.join(ids) if ids else 'none'}" for name, ids in groups.items())
+
+
+def provenance(stored: dict) -> str:
+    """Where a stored run comes from: commit, finish date, whether run.json vouches for every file."""
+    run = stored["run"]
+    sha = str(run.get("git_sha", "unknown"))
+    sha = sha[:10] + ("-dirty" if sha.endswith("-dirty") else "")
+    checked = ("every file checked against run.json" if stored.get("verified")
+               else "stored before run.json listed its files; chapter and profile checked")
+    return f"full run of commit {sha}, finished {str(run.get('finished_utc', '?'))[:10]} ({checked})"
+
+
 def full_profile_verdicts(chapter: str, profile: str, replace: dict[str, str] | None = None,
                           root: Path | None = None) -> str:
     """The text of a chapter's closing "full profile's verdicts" cell: in a quick build, the stored full run's
-    claim table (``replace`` swaps a claim's measured value for a pointer, e.g. wall-clock timings that must
-    stay out of checked outputs); in the full run itself, a pointer to the claim checks above it."""
+    provenance, the plain statement of what held, what did not and what was not testable, and its claim table
+    (``replace`` swaps a claim's measured value for a pointer, e.g. wall-clock timings that must stay out of
+    checked outputs); in the full run itself, a pointer to the claim checks above it."""
     if profile == "full":
         return "this is the full-profile run: its verdicts are the claim checks above"
+    stored = stored_full_run(chapter, root)
     claims = full_profile_claims(chapter, root)
-    if claims is None:
+    if stored is None or claims is None:
         return "the full profile has not been run yet"
     for claim_id, text in (replace or {}).items():
         if claim_id in claims.index:
             claims.loc[claim_id, "ours"] = text
-    return claims.to_string(max_colwidth=110)
+    return "\n".join([provenance(stored), verdict_summary(stored["claims"]), "",
+                      claims.to_string(max_colwidth=110)])

@@ -6,7 +6,7 @@ Per page: every formula typeset by the book's own MathJax (no raw ``\\(`` or ``$
 text, ``mjx-container`` present where the page has math); every image loaded; no JavaScript console
 error; no output block or table wider than the text column; figures shown at no less than 2/3 of
 their pixel width (so 10 pt matplotlib text stays readable); a solution toggle opens where a page
-has one. A screenshot of each page is saved under ``_build/screenshots/`` for a person to look at.
+has one; a chapter page offers its executed notebook for download. A screenshot of each page is saved under ``_build/screenshots/`` for a person to look at.
 
 Needs Chromium (Debian's ``chromium``; elsewhere set ``OUTLIERBOOK_CHROMIUM`` to a Chrome or Chromium
 binary, or run ``python -m playwright install chromium``) and a built book (``make html``).
@@ -100,6 +100,7 @@ MEASURE = """() => {
     typeset: document.querySelectorAll('mjx-container').length,
     wide: wide, images: images,
     toggles: document.querySelectorAll('button.toggle-button, details.dropdown summary, .dropdown summary').length,
+    notebookDownload: [...document.querySelectorAll('a[href$=".ipynb"]')].length,
   };
 }"""
 
@@ -141,6 +142,8 @@ def test_page_reads_well_offline(page, server, browser):
         problems += [f"wider than the text column: {w}" for w in m["wide"]]
         problems += [f"JavaScript console error: {e}" for e in errors]
         problems += [f"requested an address outside this machine: {u}" for u in sorted(set(outside))]
+        if page.startswith("notebooks/") and not m["notebookDownload"]:
+            problems.append("a chapter page offers no download of its executed notebook (.ipynb)")
         if m["toggles"]:
             toggle = tab.locator("button.toggle-button, details.dropdown summary").first
             toggle.scroll_into_view_if_needed()

@@ -129,6 +129,9 @@ def test_full_profile_verdicts_text_for_each_profile_and_state(tmp_path):
                                  root=tmp_path)
     assert "OS-4" in text and "1e-06" in text and "timings elsewhere" in text and "88.1" not in text
     assert "OS-99" not in text
+    lines = text.splitlines()  # provenance, then the plain statement of what held, then the table
+    assert lines[0].startswith("full run of commit ") and "every file checked against run.json" in lines[0]
+    assert lines[1:4] == ["held: OS-4", "did not hold: OS-9", "not testable here: none"]
     assert full_profile_verdicts("05_x", "full", root=tmp_path).startswith("this is the full-profile run")
 
 
@@ -142,3 +145,17 @@ def test_full_profile_table_rebuilds_a_table_from_metric_keys(tmp_path):
     assert t.loc["6 + P (only FFN)", "stsb"] == 86.1 and t.loc["1 (=per-tensor)", "rte"] == 52.0
     assert t.shape == (2, 2) and pd.isna(t.loc["6 + P (only FFN)", "rte"])
     assert full_profile_table("04_x", "table7", root=tmp_path) is None
+
+
+def test_compare_keeps_the_papers_row_order():
+    """An outer merge sorts its keys; the comparison tables read in the paper's order (chapter 5's Table 3)."""
+    paper = pd.DataFrame({"table": ["T3"] * 3, "setting": ["MinMax", "MinMax + GM", "FP32"], "metric": ["m"] * 3,
+                          "value": [60.0, 70.0, 80.0]})
+    ours = pd.DataFrame({"setting": ["FP32", "Extra", "MinMax"], "metric": ["m"] * 3, "value": [79.0, 1.0, 61.0]})
+    assert compare.compare(paper, ours)["setting"].tolist() == ["MinMax", "MinMax + GM", "FP32", "Extra"]
+
+
+def test_quick_claim_checks_are_labelled_smoke_tests(tmp_path, capsys):
+    for profile, labelled in (("quick", True), ("full", False)):
+        claims.check(results.Recorder("demo", profile, root=tmp_path), "OS-4", 1e-6, "exact", True)
+        assert ("smoke test" in capsys.readouterr().out) is labelled
