@@ -69,6 +69,7 @@ from outlierbook.analysis.quant_error import (clipping_sweep, error_split, estim
                                               outlier_profile)
 from outlierbook.models.tasks import task_setup
 from outlierbook.quant.calibrate import calibration_batches
+from outlierbook.quant.granularity import group_counts
 from outlierbook.quant.quantizer import Grid, fake_quantize, qparams
 from outlierbook.results import Recorder, dumps
 
@@ -228,7 +229,8 @@ print(choices[["estimator", "min", "max", "mse", "clipped_share"]].to_string(ind
 # range first, so that the outlier dimensions share a group (Eq. 5 of the 2021 paper).
 
 # %%
-gran = granularity_errors(x, bits=(6, 8), groups=(3, 6))
+K1, K2 = group_counts(x.shape[-1], (3, 6))  # K = 3, 6 for the embedded model's width 384; divisors of any width
+gran = granularity_errors(x, bits=(6, 8), groups=(K1, K2))
 rec.add_rows(gran.assign(experiment="granularity").rename(columns={"mse": "value"}))
 gran_wide = gran.pivot(index="granularity", columns="bits", values="mse").loc[gran.granularity.unique()]
 gran_wide.columns = [f"MSE at {b} bits" for b in gran_wide.columns]
@@ -266,10 +268,10 @@ checks = {
     "rounding_mse_over_s2_12": split8["rounding"] / (split8["step"] ** 2 / 12),
     "mse_estimators_beat_minmax": bool(max(by_est["MSE, grid of 100"], by_est["MSE, golden section (OMSE)"])
                                        <= by_est["current min-max (last batch)"]),
-    "more_groups_never_hurt": bool(g6["per-tensor"] >= g6["per-group K=3"] >= g6["per-group K=6"]
+    "more_groups_never_hurt": bool(g6["per-tensor"] >= g6[f"per-group K={K1}"] >= g6[f"per-group K={K2}"]
                                    >= g6["per-channel (per-embedding)"]),
-    "permutation_lowered_6bit_mse_K3": bool(g6["per-group K=3 + permutation"] <= g6["per-group K=3"]),
-    "permutation_lowered_6bit_mse_K6": bool(g6["per-group K=6 + permutation"] <= g6["per-group K=6"]),
+    **{f"permutation_lowered_6bit_mse_K{k}": bool(g6[f"per-group K={k} + permutation"] <= g6[f"per-group K={k}"])
+       for k in (K1, K2)},
 }
 checks["rounding_error_is_s2_over_12"] = bool(abs(checks["rounding_mse_over_s2_12"] - 1) <= 0.25)
 rec.update({f"check/{k}": v for k, v in checks.items()})

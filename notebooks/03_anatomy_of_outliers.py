@@ -56,6 +56,7 @@ from outlierbook.analysis.capture import capture_activations
 from outlierbook.analysis.clipping import clipping_impact
 from outlierbook.data.glue import TaskData
 from outlierbook.models import load
+from outlierbook.models.anatomy import anatomy
 from outlierbook.models.tasks import encode, subsample, task_setup
 from outlierbook.results import Recorder, dumps, full_profile_verdicts
 
@@ -173,8 +174,8 @@ plt.show()
 
 # %%
 gamma_rows, gamma_curves = [], {}
-for i, layer in enumerate(setup.model.base_model.encoder.layer):
-    ln = layer.attention.output.LayerNorm
+for i, layer in enumerate(anatomy(setup.model).layers):
+    ln = layer.attention_ln
     g = ol.gamma_overlap(acts[f"layer{i}.attention.ln"], ln.weight.detach(), ln.bias.detach(), k=10)
     gamma_curves[i] = (ln.weight.detach().abs(), g["max_abs_x_tilde"], g["max_abs_x_prime"])
     gamma_rows.append({"layer": i, "top-10 overlap |γ| vs max|X̃|": g["overlap"], "shared dims": g["shared_dims"],
@@ -424,7 +425,7 @@ print(full_profile_verdicts("03_anatomy_of_outliers", profile))
 # 1. Replace the six-sigma rule by a fixed threshold (say |x| > 20). Which layers lose their
 #    outliers, and what does that say about comparing outlier counts across layers?
 # 2. Map the outlier dimensions to heads through the output projection instead of by slice
-#    (`att.head_contributions(layer, records[0][i]["context"], dim)`). Do the two mappings agree?
+#    (`att.head_contributions(anatomy(setup.model).layers[i], records[0][i]["context"], dim)`). Do the two mappings agree?
 #
 # ```{admonition} Solution 1
 # :class: dropdown

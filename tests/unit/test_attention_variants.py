@@ -7,6 +7,7 @@ import torch
 from transformers import BertConfig, BertModel, OPTConfig, OPTForCausalLM
 
 from outlierbook.errors import ConfigError
+from outlierbook.models.attention_function import users
 from outlierbook.models.attention_variants import (AttentionGate, AttentionVariant, clipped_softmax, gamma_for, install,
                                                    live_rows)
 
@@ -128,7 +129,8 @@ def test_quantized_wrapper_keeps_the_variant_and_supports_opt():
             assert {"layer0.ffn.act", "layer1.layer.output", "final.ln", "layer0.attention.probs"} <= set(names)
             assert "weight:lm_head" not in qm.weight_nodes and "weight:model.decoder.layers.0.fc1" in qm.weight_nodes
         qm.remove()
-        assert model.config._attn_implementation == "outlierbook_variant"
+        assert model.config._attn_implementation == "outlierbook"  # the variant still needs the one function
+        assert users(model) == ["variant"]
 
 
 def test_opt_os_placement_quantizes_the_matmul_inputs_only():

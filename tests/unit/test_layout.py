@@ -99,3 +99,18 @@ def test_the_teaching_page_lists_every_chapters_exercises_without_solutions(tmp_
     text = teaching.fragment()
     assert text.count("{doc}`/notebooks/") >= 2 * len(registry.CHAPTERS)
     assert (ROOT / "book" / "teaching.md").read_text().count("_generated/teaching.md") == 1
+
+
+def test_only_the_model_anatomy_knows_hugging_face_module_paths():
+    """Methods speak of roles (``layer.ffn_in``); the module paths of the families live in one module."""
+    paths = re.compile(r"attention\.self\b|\.intermediate\b|output\.LayerNorm|\bself_attn\b|\.fc[12]\b|encoder\.layer\b"
+                       r"|output\.dense\b|\bq_lin\b|sa_layer_norm|\.query_key_value\b")
+    allowed = {"anatomy.py"}
+    offenders = []
+    for path in sorted((ROOT / "src" / "outlierbook").rglob("*.py")) + sorted((ROOT / "notebooks").glob("*.py")):
+        if path.name in allowed:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if paths.search(line):
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not offenders, "Hugging Face module paths outside models/anatomy.py:\n" + "\n".join(offenders)

@@ -72,26 +72,26 @@ def test_all_full_precision_equals_the_fp_model():
         assert naq.stats.share("ffn") == 1 and naq.stats.share("attention") == 1
         assert not torch.allclose(low, ref, atol=1e-3)  # the low path really differs
     naq.remove()
-    assert model.config._attn_implementation != "outlierbook_naq"
+    assert model.config._attn_implementation != "outlierbook"
     assert torch.allclose(model(**batch).last_hidden_state, ref, atol=1e-6)  # restored
 
 
 def test_all_low_precision_equals_plain_4bit_computation():
-    from outlierbook.naq.wrapper import naq_attention
+    from outlierbook.models.attention_function import attention
 
     model = _model()
     naq = NAQModel(model, t_qp=INF, t_as=INF, t_sum=-INF)
     layer = model.encoder.layer[0]
     h = 3 * torch.randn(2, 5, 16)
     with torch.no_grad():
-        dense = layer.intermediate.original.dense
+        dense = layer.intermediate.dense
         expected = torch.nn.functional.gelu(quantize_fixed(h) @ quantize_rows(dense.weight).T + quantize_fixed(dense.bias))
         assert torch.allclose(layer.intermediate(h), expected, atol=1e-6)
         sa = layer.attention.self
-        sa.naq_hidden = h
+        sa.outlierbook_input = h
         heads = lambda x: x.view(2, 5, 2, 8).transpose(1, 2)  # noqa: E731
         q, k, v = heads(sa.query(h)), heads(sa.key(h)), heads(sa.value(h))
-        out, probs = naq_attention(sa, q, k, v, None)
+        out, probs = attention(sa, q, k, v, None)
         hq = quantize_fixed(h)
         ql, kl = heads(sa.query(hq)), heads(sa.key(hq))
         assert torch.allclose(probs, torch.softmax(ql @ kl.transpose(2, 3) / math.sqrt(8), -1), atol=1e-6)

@@ -171,7 +171,7 @@ def test_roberta_family_is_wrapped_too():
 
 
 def test_not_a_bert_family_model_is_refused():
-    with pytest.raises(ConfigError, match="not a BERT-family encoder"):
+    with pytest.raises(ConfigError, match="is not supported; the book.s methods support these families"):
         quantize_model(torch.nn.Sequential(torch.nn.Linear(2, 2)))
 
 

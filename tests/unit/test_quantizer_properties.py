@@ -127,3 +127,12 @@ def test_ste_gradient_passes_inside_and_stops_outside():
     s, z = qparams(torch.tensor(-1.0), torch.tensor(1.0), Grid(4, False))
     fake_quantize(x, s, z, 0, 15).sum().backward()
     assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0]
+
+
+def test_group_counts_divide_any_width():
+    from outlierbook.quant.granularity import group_counts
+
+    assert group_counts(384) == (3, 6) and group_counts(768) == (3, 6)  # the book's K for its models
+    assert group_counts(64) == (4, 8) and group_counts(1024) == (4, 8)
+    for width in range(1, 200):
+        assert all(width % k == 0 for k in group_counts(width))

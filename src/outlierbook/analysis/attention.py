@@ -13,52 +13,49 @@ from __future__ import annotations
 
 import torch
 
-from ..quant.nodes import ATTENTION_NAME, register_attention
+from ..models.anatomy import anatomy
+from ..models.attention_function import claim, release, slots
 
 
 @torch.no_grad()
 def attention_records(model, batch) -> list[dict]:
-    """Per layer: probs ``[B,H,T,T]``, values ``[B,H,T,d_h]`` and per-head outputs ``[B,T,H,d_h]``."""
-    register_attention()
-    base = getattr(model, "base_model", model)
-    layers = base.encoder.layer
-    records = [{} for _ in layers]
+    """Per layer: probs ``[B,H,T,T]``, values ``[B,H,T,d_h]`` and per-head outputs ``[B,T,H,d_h]``.
 
-    def make_softmax(i):
-        def softmax(scores):
-            p = torch.softmax(scores, dim=-1)
-            records[i]["probs"] = p
-            return p
-        return softmax
-
+    The probabilities come from a *watcher* in the one attention function's slots; values and
+    head outputs from hooks on the anatomy's value and output projections.
+    """
+    anat = anatomy(model)
+    records = [{} for _ in anat.layers]
+    watched = [[] for _ in anat.layers]
     hooks = []
-    for i, layer in enumerate(layers):
-        att = layer.attention.self
-        att.outlierbook_softmax = make_softmax(i)
-        hooks.append(att.value.register_forward_hook(
-            lambda m, a, out, i=i, h=att.num_attention_heads: records[i].__setitem__(
+    for i, layer in enumerate(anat.layers):
+        slots(layer.attention).watchers.append(watched[i])
+        hooks.append(layer.value.register_forward_hook(
+            lambda m, a, out, i=i, h=layer.heads: records[i].__setitem__(
                 "values", out.view(*out.shape[:2], h, -1).transpose(1, 2))))
-        hooks.append(layer.attention.output.dense.register_forward_pre_hook(
-            lambda m, a, i=i: records[i].__setitem__("context", a[0])))
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(ATTENTION_NAME)
+        hooks.append(layer.out.register_forward_pre_hook(lambda m, a, i=i: records[i].__setitem__("context", a[0])))
+    claim(model, "analysis", anat)
     try:
         model(**batch)
     finally:
-        model.set_attn_implementation(previous)
+        release(model, "analysis", anat)
         for h in hooks:
             h.remove()
-        for layer in layers:
-            layer.attention.self.outlierbook_softmax = None
+        for i, layer in enumerate(anat.layers):
+            slots(layer.attention).watchers.remove(watched[i])
+    for record, probs in zip(records, watched):
+        record["probs"] = probs[-1]
     return records
 
 
 def head_contributions(layer, context: torch.Tensor, dim: int) -> torch.Tensor:
-    """Mean |contribution| of each head to hidden dimension ``dim`` of the attention output dense."""
-    w = layer.attention.output.dense.weight  # [d, d]
-    heads = layer.attention.self.num_attention_heads
-    ctx = context.view(*context.shape[:2], heads, -1)  # [B,T,H,dh]
-    w_dim = w[dim].view(heads, -1)  # [H, dh]
+    """Mean |contribution| of each head to hidden dimension ``dim`` of the attention output projection.
+
+    ``layer`` is a layer of the model anatomy (:func:`outlierbook.models.anatomy.anatomy`).
+    """
+    w = layer.out.weight  # [d, d]
+    ctx = context.view(*context.shape[:2], layer.heads, -1)  # [B,T,H,dh]
+    w_dim = w[dim].view(layer.heads, -1)  # [H, dh]
     contrib = torch.einsum("bthd,hd->bth", ctx, w_dim)
     return contrib.abs().mean(dim=(0, 1))
 

@@ -13,10 +13,10 @@ import contextlib
 import pandas as pd
 import torch
 
-MODULES = {
-    "ffn.gelu": lambda layer: layer.intermediate,
-    "attention.ln": lambda layer: layer.attention.output.LayerNorm,
-    "ffn.ln": lambda layer: layer.output.LayerNorm,
+MODULES = {  # roles of the model anatomy
+    "ffn.gelu": lambda layer: layer.ffn_act,
+    "attention.ln": lambda layer: layer.attention_ln,
+    "ffn.ln": lambda layer: layer.ffn_ln,
 }
 
 
@@ -27,8 +27,9 @@ def clipped(model, kind: str, value: float):
 
     if kind not in MODULES:
         raise ConfigError(f"clipping supports {', '.join(MODULES)}, not {kind!r}")
-    base = getattr(model, "base_model", model)
-    layers = list(base.encoder.layer)
+    from ..models.anatomy import anatomy
+
+    layers = anatomy(model).layers
     counts = [[0, 0] for _ in layers]
     state = {"mask": None}
 
@@ -57,7 +58,10 @@ def clipped(model, kind: str, value: float):
 
 def clipping_impact(setup, kind: str, values) -> pd.DataFrame:
     """Task metric and per-layer share of clipped tokens for each clipping value."""
-    rows = [{"clip": None, "metric": setup.score(), **{f"layer{i}": 0.0 for i in range(len(setup.model.base_model.encoder.layer))}}]
+    from ..models.anatomy import anatomy
+
+    n_layers = len(anatomy(setup.model).layers)
+    rows = [{"clip": None, "metric": setup.score(), **{f"layer{i}": 0.0 for i in range(n_layers)}}]
     for v in values:
         with clipped(setup.model, kind, v) as counts:
             score = setup.score()

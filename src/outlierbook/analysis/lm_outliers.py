@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..quant.nodes import find_parts
+from ..models.anatomy import anatomy
 
 
 def per_sequence(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,15 +25,12 @@ def per_sequence(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def tracked_modules(model) -> dict[str, torch.nn.Module]:
-    parts = find_parts(model)
+    """Per layer: the attention output projection, the FFN output and the layer output (the residual stream)."""
+    anat = anatomy(model)
     out = {}
-    for i, layer in enumerate(parts.layers):
-        if parts.family == "opt":
-            out.update({f"layer{i}.attention.output": layer.self_attn.out_proj, f"layer{i}.ffn.output": layer.fc2,
-                        f"layer{i}.output": layer})
-        else:
-            out.update({f"layer{i}.attention.output": layer.attention.output.dense,
-                        f"layer{i}.ffn.output": layer.output.dense, f"layer{i}.output": layer.output.LayerNorm})
+    for i, layer in enumerate(anat.layers):
+        out.update({f"layer{i}.attention.output": layer.out, f"layer{i}.ffn.output": layer.ffn_out,
+                    f"layer{i}.output": layer.ffn_ln if anat.post_ln else layer.block})
     return out
 
 

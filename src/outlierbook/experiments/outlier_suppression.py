@@ -179,15 +179,14 @@ def ln_cosine_table(model, batches, bits: int = 6):
 
     from ..analysis.capture import capture_activations
     from ..methods.gamma_migration import migration_cosines
-    from ..quant.nodes import find_parts
+    from ..models.anatomy import anatomy
 
-    layers = find_parts(model).layers
+    layers = anatomy(model).layers
     names = [f"layer{i}.{k}" for i in range(len(layers)) for k in ("attention.ln", "ffn.ln")]
     acts = capture_activations(model, batches, names=names, placement="os")
     rows = []
     for i, layer in enumerate(layers):
-        for kind, ln, label in (("attention.ln", layer.attention.output.LayerNorm, "MHA-LN"),
-                                ("ffn.ln", layer.output.LayerNorm, "FFN-LN")):
+        for kind, ln, label in (("attention.ln", layer.attention_ln, "MHA-LN"), ("ffn.ln", layer.ffn_ln, "FFN-LN")):
             c = migration_cosines(acts[f"layer{i}.{kind}"], ln.weight.detach(), ln.bias.detach(), bits)
             rows.append({"layer": i, "ln": label, "x_tilde": c["x_tilde"], "x_prime": c["x_prime"]})
     return pd.DataFrame(rows)
@@ -198,11 +197,11 @@ def weight_cosine_table(model, bits: int = 6):
     import pandas as pd
 
     from ..methods.gamma_migration import weight_cosines
-    from ..quant.nodes import find_parts
+    from ..models.anatomy import anatomy
 
     rows = []
-    for i, layer in enumerate(find_parts(model).layers):
-        c = weight_cosines(layer.intermediate.dense, layer.attention.output.LayerNorm.weight.detach(), bits)
+    for i, layer in enumerate(anatomy(model).layers):
+        c = weight_cosines(layer.ffn_in, layer.attention_ln.weight.detach(), bits)
         rows.append({"layer": i, **c})
     return pd.DataFrame(rows)
 

@@ -30,24 +30,27 @@ from ..quant.quantizer import fake_quantize
 def linear_consumers(qm: QuantizedModel) -> dict[str, list[str]]:
     """Quantized activation node -> the weight nodes of the Linear layers it feeds (OS placement)."""
     prefix = {id(m): n for n, m in qm.model.named_modules()}
-    layers = qm.parts.layers
+    anat = qm.parts
+    layers = anat.layers
 
     def names(*modules):
         return [f"weight:{prefix[id(m)]}" for m in modules]
 
     def qkv(layer):
-        s = layer.attention.self
-        return names(s.query, s.key, s.value)
+        return names(layer.query, layer.key, layer.value)
 
-    out = {"embeddings.ln": qkv(layers[0])}
+    if anat.embeddings_projection is None:
+        out = {"embeddings.ln": qkv(layers[0])}
+    else:
+        out = {"embeddings.ln": names(anat.embeddings_projection)}
     for i, layer in enumerate(layers):
-        out[f"layer{i}.attention.context"] = names(layer.attention.output.dense)
-        out[f"layer{i}.attention.ln"] = names(layer.intermediate.dense)
-        out[f"layer{i}.ffn.gelu"] = names(layer.output.dense)
+        out[f"layer{i}.attention.context"] = names(layer.out)
+        out[f"layer{i}.attention.ln"] = names(layer.ffn_in)
+        out[f"layer{i}.ffn.gelu"] = names(layer.ffn_out)
         if i + 1 < len(layers):
             out[f"layer{i}.ffn.ln"] = qkv(layers[i + 1])
-        elif qm.parts.pooler is not None:
-            out[f"layer{i}.ffn.ln"] = names(qm.parts.pooler.dense)
+        elif anat.pooler_dense is not None:
+            out[f"layer{i}.ffn.ln"] = names(anat.pooler_dense)
     return {a: ws for a, ws in out.items()
             if a in qm.node_names(quantized_only=True) and all(qm.weight_nodes.get(w) is not None for w in ws)}
 

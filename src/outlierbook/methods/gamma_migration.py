@@ -2,7 +2,7 @@ r"""Gamma Migration (Wei et al. 2022, §4.1, Eq. 3–5, Appendix A): a transform
 
 A LayerNorm computes $\tilde X = \gamma \odot \hat X + \beta$ with $\hat X = (X-\mu)/\sqrt{\sigma^2+\epsilon}$.
 Write it as $\tilde X = \gamma \odot X'$ with the **non-scaling** output $X' = \hat X + \beta/\gamma$ (Eq. 3).
-Everything that reads $\tilde X$ in a post-LN BERT layer is linear in it:
+Everything that reads $\tilde X$ in a post-LN encoder layer is linear in it:
 
 - the next Linear layers (Q, K, V after the embedding LN and each FFN-LN; FFN1 after each MHA-LN):
   $W\tilde x = W(\gamma \odot x') = (W\,\mathrm{diag}(\gamma))\,x'$ (Eq. 5) — scale the weight's **input columns** by γ;
@@ -39,49 +39,89 @@ class NonScalingLayerNorm(nn.Module):
         return nn.functional.layer_norm(x, self.normalized_shape, None, None, self.eps) + self.bias_over_gamma
 
 
-def _scale_shortcut(gamma: torch.Tensor):
-    """Forward pre-hook for BertSelfOutput/BertOutput(hidden_states, input_tensor): shortcut · γ."""
+def _scale_shortcut(gamma: torch.Tensor, arg: int):
+    """Forward pre-hook for a module that receives the shortcut as argument ``arg``
+    (BERT's ``BertSelfOutput(hidden_states, input_tensor)``): shortcut · γ."""
     def hook(module, args):
-        return (args[0], args[1] * gamma) + tuple(args[2:])
+        return args[:arg] + (args[arg] * gamma,) + tuple(args[arg + 1:])
+    return hook
+
+
+def _keep_input(seen: dict):
+    def hook(module, args):
+        seen["x"] = args[0]
+    return hook
+
+
+def _correct_sum(gamma: torch.Tensor, seen: dict):
+    r"""Forward pre-hook on the LayerNorm after a residual sum written inside a block's forward
+    (DistilBERT, MPNet's attention): the sum received $x'$ as its shortcut, so add $(\gamma-1)\odot x'$.
+    $x'$ is taken where a consumer reads it (``seen``), i.e. after any quantization node on it."""
+    def hook(module, args):
+        return (args[0] + (gamma - 1) * seen.pop("x"),) + tuple(args[1:])
     return hook
 
 
 def migrate_gamma(model: nn.Module, ffn_ln: bool = True, mha_ln: bool = True, embedding_ln: bool = True) -> list[str]:
-    """Apply Gamma Migration to a post-LN BERT-family model in place; returns the migrated LayerNorms.
+    """Apply Gamma Migration to a post-LN encoder in place; returns the migrated LayerNorms.
 
-    The model keeps its function in floating point (tested to 1e-4 on real inputs).
+    The model keeps its function in floating point (tested to 1e-4 on real inputs). Works on every
+    post-LN family of the model anatomy; with an embedding projection (ELECTRA) the embedding LN's γ
+    goes into the projection, whose output is the first layer's input and shortcut.
     """
-    from ..quant.nodes import find_parts
+    from ..errors import ConfigError
+    from ..models.anatomy import anatomy
 
-    parts = find_parts(model)
+    anat = anatomy(model)
+    if not anat.post_ln:
+        raise ConfigError(f"Gamma Migration needs a post-LN encoder; {type(model).__name__} is pre-LN "
+                          "(its LayerNorms feed the branches, not the residual stream)")
     if getattr(model, "_outlierbook_gamma_migrated", False):
         raise OutlierBookError("this model is already gamma-migrated; migrate a fresh copy")
     migrated: list[str] = []
 
-    def migrate(owner, attr: str, consumers: list[nn.Linear], shortcut_module: nn.Module, label: str):
-        ln = getattr(owner, attr)
-        new = NonScalingLayerNorm(ln)
+    def replace(ln: nn.Module, new: nn.Module) -> None:
+        for parent in model.modules():
+            for name, child in parent.named_children():
+                if child is ln:
+                    setattr(parent, name, new)
+                    return
+        raise OutlierBookError("a LayerNorm of the anatomy is not a submodule of the model")
+
+    plan = []
+
+    def migrate(ln: nn.Module, consumers: list[nn.Linear], shortcut, sum_ln, label: str):
+        plan.append((ln, NonScalingLayerNorm(ln), consumers, shortcut, sum_ln, label))
+
+    layers = anat.layers
+    if embedding_ln:
+        first = layers[0]
+        if anat.embeddings_projection is not None:
+            migrate(anat.embeddings_ln, [anat.embeddings_projection], None, None, "embeddings.ln")
+        else:
+            migrate(anat.embeddings_ln, [first.query, first.key, first.value], first.attention_shortcut,
+                    first.attention_ln, "embeddings.ln")
+    for i, layer in enumerate(layers):
+        if mha_ln:
+            migrate(layer.attention_ln, [layer.ffn_in], layer.ffn_shortcut, layer.ffn_ln, f"layer{i}.attention.ln")
+        if ffn_ln and i + 1 < len(layers):
+            nxt = layers[i + 1]
+            migrate(layer.ffn_ln, [nxt.query, nxt.key, nxt.value], nxt.attention_shortcut, nxt.attention_ln,
+                    f"layer{i}.ffn.ln")
+    new_of = {id(ln): new for ln, new, *_ in plan}  # every LN is built before any is replaced
+    for ln, new, consumers, shortcut, sum_ln, label in plan:
         gamma = new.gamma
         with torch.no_grad():
             for lin in consumers:
                 lin.weight.mul_(gamma)  # broadcasts over the input dimension: W diag(γ)
-        shortcut_module.register_forward_pre_hook(_scale_shortcut(gamma))
-        setattr(owner, attr, new)
+        if shortcut is not None:
+            shortcut.module.register_forward_pre_hook(_scale_shortcut(gamma, shortcut.arg))
+        elif sum_ln is not None:  # the hook goes on the LN that will be in the model (it may be migrated too)
+            seen: dict = {}
+            consumers[0].register_forward_pre_hook(_keep_input(seen))
+            new_of.get(id(sum_ln), sum_ln).register_forward_pre_hook(_correct_sum(gamma, seen))
+        replace(ln, new)
         migrated.append(label)
-
-    layers = parts.layers
-    if embedding_ln:
-        att0 = layers[0].attention
-        migrate(parts.embeddings, "LayerNorm", [att0.self.query, att0.self.key, att0.self.value], att0.output,
-                "embeddings.ln")
-    for i, layer in enumerate(layers):
-        if mha_ln:
-            migrate(layer.attention.output, "LayerNorm", [layer.intermediate.dense], layer.output,
-                    f"layer{i}.attention.ln")
-        if ffn_ln and i + 1 < len(layers):
-            nxt = layers[i + 1].attention
-            migrate(layer.output, "LayerNorm", [nxt.self.query, nxt.self.key, nxt.self.value], nxt.output,
-                    f"layer{i}.ffn.ln")
     model._outlierbook_gamma_migrated = True
     return migrated
 

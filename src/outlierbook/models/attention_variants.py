@@ -15,9 +15,9 @@ $\pi = \sigma(G(x)) \in (0, 1)$ computed from the layer input $x$, before the he
 - ``"mlp"``: $\mathrm{Linear}(d_{head}, d_{head}/4) \to \mathrm{ReLU} \to \mathrm{Linear}(\cdot, 1)$ per head;
 - ``"all_heads_linear"``: one $\mathrm{Linear}(d\to H)$ on all features.
 
-Both are installed through ``transformers.AttentionInterface`` (plus the matching mask interface), so the
-library's BERT and OPT modeling code is used as it is: gates become submodules of each self-attention
-module (trained and saved with the model), and a forward pre-hook hands the layer input to them.
+Both live in the book's one attention function (:mod:`outlierbook.models.attention_function`), so the
+library's modeling code is used as it is: gates become submodules of each self-attention module
+(trained and saved with the model), and a forward pre-hook hands the layer input to them.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from torch import nn
 
 from ..errors import ConfigError
 
-ATTENTION_NAME = "outlierbook_variant"
 GATES = ("linear", "mlp", "all_heads_linear")
 
 
@@ -144,53 +143,28 @@ class AttentionGate(nn.Module):
         return torch.sigmoid(self.logits(x))
 
 
-def variant_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Eager attention with the module's variant: (clipped) softmax, then the optional per-head gate."""
-    if scaling is None:
-        scaling = query.size(-1) ** -0.5
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        scores = scores + attention_mask[..., : key.shape[-2]]
-    probs = module_probabilities(module, scores)
-    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
-    context = torch.matmul(probs, value)  # [B, H, T, d_head]
-    gate = getattr(module, "outlierbook_gate", None)
-    if gate is not None:
-        context = context * gate(module.outlierbook_input)
-    return context.transpose(1, 2).contiguous(), probs
-
-
-def register_attention() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
-
-    AttentionInterface.register(ATTENTION_NAME, variant_attention)
-    AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)
-
-
 def attention_modules(model: nn.Module) -> list[nn.Module]:
-    """The self-attention modules of a BERT-family encoder or an OPT decoder."""
-    found = [m for name, m in model.named_modules()
-             if name.endswith("attention.self") or name.endswith("self_attn")]
-    if not found:
-        raise ConfigError(f"{type(model).__name__}: no BERT (attention.self) or OPT (self_attn) attention modules found")
-    return found
+    """The self-attention modules (the modules whose forward computes scores and probabilities)."""
+    from .anatomy import anatomy
 
-
-def _stash_input(module, args, kwargs):
-    object.__setattr__(module, "outlierbook_input", args[0] if args else kwargs["hidden_states"])
+    return [layer.attention for layer in anatomy(model).layers]
 
 
 def install(model: nn.Module, variant: AttentionVariant) -> nn.Module:
-    """Give every attention layer the variant (in place; gates become trainable submodules)."""
-    cfg = model.config
-    hidden = getattr(cfg, "hidden_size", None) or cfg.word_embed_proj_dim
-    heads = cfg.num_attention_heads
-    for m in attention_modules(model):
+    """Give every attention layer the variant (in place; gates become trainable submodules).
+
+    The variant lives in the one attention function (:mod:`.attention_function`), so quantization
+    nodes and NAQ installed later see it, and removing them leaves it in place.
+    """
+    from .anatomy import anatomy
+    from .attention_function import claim, stash_input
+
+    anat = anatomy(model)
+    for layer in anat.layers:
+        m = layer.attention
         object.__setattr__(m, "outlierbook_variant", variant)
         if variant.gate is not None:
-            m.outlierbook_gate = AttentionGate(variant.gate, hidden, heads, variant.pi_init)
-            m.register_forward_pre_hook(_stash_input, with_kwargs=True)
-    register_attention()
-    model.set_attn_implementation(ATTENTION_NAME)
+            m.outlierbook_gate = AttentionGate(variant.gate, anat.hidden, anat.heads, variant.pi_init)
+            m.register_forward_pre_hook(stash_input, with_kwargs=True)
+    claim(model, "variant", anat)
     return model

@@ -39,12 +39,12 @@ def measured_macs(model, batch) -> dict:
 
     Linear layers count ``tokens × in × out``; attention matrix products count ``B·H·T·T·d_head`` each.
     """
-    from ..quant.nodes import find_parts
+    from ..models.anatomy import anatomy
 
-    parts = find_parts(model)
+    layers = anatomy(model).layers
     counts = {"linear": 0, "ffn1": 0, "scores": 0, "context": 0}
-    ffn1 = {id(layer.intermediate.dense) for layer in parts.layers}
-    encoder_linears = {id(m) for layer in parts.layers for m in layer.modules() if isinstance(m, torch.nn.Linear)}
+    ffn1 = {id(layer.ffn_in) for layer in layers}
+    encoder_linears = {id(m) for layer in layers for m in layer.block.modules() if isinstance(m, torch.nn.Linear)}
     hooks = []
 
     def linear_hook(module, args, out):
@@ -62,7 +62,7 @@ def measured_macs(model, batch) -> dict:
         for h in hooks:
             h.remove()
     d = model.config.hidden_size
-    counts["scores"] = counts["context"] = len(parts.layers) * b * t * t * d
+    counts["scores"] = counts["context"] = len(layers) * b * t * t * d
     counts["pre_nonlinearity"] = counts["ffn1"] + counts["scores"]
     counts["total"] = counts["linear"] + counts["ffn1"] + counts["scores"] + counts["context"]
     return counts

@@ -1,4 +1,4 @@
-r"""NAQ on a BERT-family encoder: the FFN's "Linear + GELU" and the "scores + softmax" of attention.
+r"""NAQ on an encoder or decoder of the model anatomy: the FFN's "Linear + GELU" and the "scores + softmax" of attention.
 
 **Linear + activation** (``T_QP``): compute the low-precision product $P = \hat x\hat W^\top$; where
 $P < T_{QP}$ the output is predicted to sit in the activation's flat region and is served at low precision,
@@ -24,10 +24,11 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..quant.nodes import find_parts, real_tokens
+from ..models.anatomy import anatomy
+from ..models.attention_function import claim, release, slots, stash_input
+from ..quant.nodes import real_tokens
+from ..quant.quantizer import check_bits
 from .lowprec import low_precision_linear, quantize_fixed
-
-ATTENTION_NAME = "outlierbook_naq"
 
 
 @dataclass
@@ -49,67 +50,14 @@ class NAQStats:
             v[0] = v[1] = 0
 
 
-class NAQIntermediate(nn.Module):
-    """Replaces ``BertIntermediate`` (dense + activation) with the NAQ version."""
-
-    def __init__(self, original: nn.Module, owner: "NAQModel"):
-        super().__init__()
-        self.original = original
-        self._owner = [owner]
-
-    def forward(self, hidden_states):
-        o = self._owner[0]
-        dense, act = self.original.dense, self.original.intermediate_act_fn
-        fp = act(dense(hidden_states))
-        product, bias = low_precision_linear(hidden_states, dense, o.bits, o.max_input)
-        low = act(product if bias is None else product + bias)
-        served_low = product < o.t_qp
-        tokens = o.token_mask
-        real = served_low if tokens is None else served_low[tokens]
-        o.stats.add("ffn", real.sum(), real.numel())
-        return torch.where(served_low, low, fp)
-
-
-def naq_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Eager attention with NAQ's low-precision scores (see the module docstring)."""
-    o = module.naq_owner
-    if scaling is None:
-        scaling = query.size(-1) ** -0.5
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    h = quantize_fixed(module.naq_hidden, o.bits, o.max_input)
-    b, t, _ = h.shape
-    shape = (b, t, -1, query.size(-1))
-    q_lp = module.query(h).view(shape).transpose(1, 2)
-    k_lp = module.key(h).view(shape).transpose(1, 2)
-    scores_lp = torch.matmul(q_lp, k_lp.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        scores, scores_lp = scores + attention_mask, scores_lp + attention_mask
-    row_sum = torch.exp(scores_lp).sum(-1, keepdim=True)
-    served_low = (scores_lp <= o.t_as) & (row_sum >= o.t_sum)
-    real = torch.ones_like(served_low)
-    if attention_mask is not None:
-        real = real & (attention_mask > torch.finfo(attention_mask.dtype).min / 2)
-    if o.token_mask is not None:
-        real = real & o.token_mask[:, None, :, None]
-    o.stats.add("attention", (served_low & real).sum(), real.sum())
-    probs = torch.softmax(torch.where(served_low, scores_lp, scores), dim=-1)
-    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
-    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
-
-
-def register_attention() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
-
-    AttentionInterface.register(ATTENTION_NAME, naq_attention)
-    AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)
-
-
 class NAQModel(nn.Module):
-    """Wrap a BERT-family model with NAQ in every FFN and attention layer (``remove()`` restores it).
+    """Wrap a model with NAQ in every FFN and attention layer (``remove()`` restores it).
 
     ``t_qp=-inf`` and ``t_as=-inf`` send everything to full precision (the FP model exactly);
     ``t_qp=+inf``, ``t_as=+inf``, ``t_sum=-inf`` send everything to the low-precision path.
+    The FFN is reached through hooks on the anatomy's ``ffn_in`` (its input and pre-activation) and
+    ``ffn_act`` (whose output is replaced); attention through the ``naq`` slot of the one attention
+    function, so quantization nodes and attention variants on the same model keep working.
     """
 
     def __init__(self, model: nn.Module, t_qp: float = 0.0, t_as: float = -3.0, t_sum: float = 200.0,
@@ -117,26 +65,66 @@ class NAQModel(nn.Module):
         super().__init__()
         if max_input <= 0:
             raise ConfigError("max_input (the fixed low-precision range M) must be positive")
-        self.model, self.parts = model, find_parts(model)
+        anat = anatomy(model)
+        check_bits(bits)
+        self.model, self.parts = model, anat
         self.t_qp, self.t_as, self.t_sum, self.bits, self.max_input = t_qp, t_as, t_sum, bits, max_input
-        self.stats, self.token_mask, self._hooks, self._swapped = NAQStats(), None, [], []
-        for layer in self.parts.layers:
+        self.stats, self.token_mask, self._hooks, self._attention = NAQStats(), None, [], attention
+        self._layers = {id(layer.attention): layer for layer in anat.layers}
+        for layer in anat.layers:
             if ffn:
-                self._swapped.append((layer, layer.intermediate))
-                layer.intermediate = NAQIntermediate(layer.intermediate, self)
+                self._hooks.append(layer.ffn_in.register_forward_hook(self._keep_pre_activation))
+                self._hooks.append(layer.ffn_act.register_forward_hook(self._ffn_output(layer)))
             if attention:
-                sa = layer.attention.self
-                object.__setattr__(sa, "naq_owner", self)  # not a submodule (no cycle)
-                self._hooks.append(sa.register_forward_pre_hook(self._stash, with_kwargs=True))
-        self._previous_attn = model.config._attn_implementation
+                self._hooks.append(layer.attention.register_forward_pre_hook(stash_input, with_kwargs=True))
+                slots(layer.attention).naq = self
         if attention:
-            register_attention()
-            model.set_attn_implementation(ATTENTION_NAME)
+            claim(model, "naq", anat)
         self.train(model.training)
 
-    @staticmethod
-    def _stash(module, args, kwargs):
-        module.naq_hidden = args[0] if args else kwargs["hidden_states"]
+    # ------------------------------------------------------------------ FFN: Linear + activation
+    def _keep_pre_activation(self, module, args, out):
+        self._pre = (args[0], module)
+
+    def _ffn_output(self, layer):
+        def hook(module, args, fp):
+            x, dense = self._pre
+            product, bias = low_precision_linear(x, dense, self.bits, self.max_input)
+            act = layer.activation
+            act = act.forward if isinstance(act, nn.Module) else act  # not through its hooks (this one among them)
+            low = act(product if bias is None else product + bias)
+            served_low = product < self.t_qp
+            tokens = self.token_mask
+            if tokens is not None:
+                served_low_real = served_low[tokens] if served_low.dim() == 3 else served_low[tokens.reshape(-1)]
+            else:
+                served_low_real = served_low
+            self.stats.add("ffn", served_low_real.sum(), served_low_real.numel())
+            return torch.where(served_low, low, fp)
+        return hook
+
+    # ------------------------------------------------------------------ attention: scores + softmax
+    def substitute(self, module, scores, attention_mask, scaling):
+        """The attention function's ``naq`` slot: low-precision scores where the thresholds allow."""
+        layer = self._layers[id(module)]
+        h = quantize_fixed(module.outlierbook_input, self.bits, self.max_input)
+        b, t, _ = h.shape
+        d_head = layer.query.out_features // layer.heads
+        shape = (b, t, -1, d_head)
+        q_lp = (layer.query(h) * layer.query_prescale).view(shape).transpose(1, 2)
+        k_lp = layer.key(h).view(shape).transpose(1, 2)
+        scores_lp = torch.matmul(q_lp, k_lp.transpose(2, 3)) * scaling
+        if attention_mask is not None:
+            scores_lp = scores_lp + attention_mask
+        row_sum = torch.exp(scores_lp).sum(-1, keepdim=True)
+        served_low = (scores_lp <= self.t_as) & (row_sum >= self.t_sum)
+        real = torch.ones_like(served_low)
+        if attention_mask is not None:
+            real = real & (attention_mask > torch.finfo(attention_mask.dtype).min / 2)
+        if self.token_mask is not None:
+            real = real & self.token_mask[:, None, :, None]
+        self.stats.add("attention", (served_low & real).sum(), real.sum())
+        return torch.where(served_low, scores_lp, scores)
 
     def set_thresholds(self, t_qp=None, t_as=None, t_sum=None) -> "NAQModel":
         self.t_qp = self.t_qp if t_qp is None else t_qp
@@ -155,11 +143,10 @@ class NAQModel(nn.Module):
     def remove(self) -> nn.Module:
         for h in self._hooks:
             h.remove()
-        for layer, original in self._swapped:
-            layer.intermediate = original
+        self._hooks = []
         for layer in self.parts.layers:
-            for attr in ("naq_owner", "naq_hidden"):
-                if hasattr(layer.attention.self, attr):
-                    delattr(layer.attention.self, attr)
-        self.model.set_attn_implementation(self._previous_attn)
+            slots(layer.attention).naq = None
+            layer.attention.__dict__.pop("outlierbook_input", None)
+        release(self.model, "naq", self.parts)
+        self._pre = None
         return self.model

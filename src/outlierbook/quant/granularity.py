@@ -22,6 +22,23 @@ import torch
 from ..errors import ConfigError
 
 
+def group_counts(width: int, wanted=(3, 6)) -> tuple[int, ...]:
+    """For each wanted K, the divisor of ``width`` nearest to it (ties: the larger), without repeats.
+
+    Group counts must divide the width; the book's defaults K = 3, 6 divide 384 and 768 but not, say,
+    64 or 1024, where this gives K = 4, 8.
+    """
+    if width < 1:
+        raise ConfigError(f"width must be positive, got {width}")
+    divisors = [k for k in range(1, width + 1) if width % k == 0]
+    out: list[int] = []
+    for k in wanted:
+        best = min(divisors, key=lambda d: (abs(d - k), -d))
+        if best not in out:
+            out.append(best)
+    return tuple(out)
+
+
 @dataclass
 class Granularity:
     axis: int | None = None

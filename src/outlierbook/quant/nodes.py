@@ -1,11 +1,12 @@
-r"""Named quantization nodes in a Hugging Face BERT-family encoder, without copying its modeling file.
+r"""Named quantization nodes in a Hugging Face encoder or decoder, without copying its modeling file.
 
-Activation nodes are forward hooks (outputs) and forward pre-hooks (inputs) on the model's own
-modules; the attention scores and probabilities, which SDPA never materialises, are reached through
-an attention function registered with ``transformers.AttentionInterface`` (plus the matching
-additive mask through ``AttentionMaskInterface`` — without it a custom attention function
-silently receives **no** padding mask). Weights are quantized with ``torch.nn.utils.parametrize``,
-so quantization-aware training gets gradients through them.
+Where the nodes attach is read from the model anatomy (:mod:`outlierbook.models.anatomy`: BERT,
+RoBERTa, XLM-R, ELECTRA, MPNet, DistilBERT, OPT), never from module paths written here. Activation
+nodes are forward hooks (outputs) and forward pre-hooks (inputs) on the model's own modules; the
+attention scores and probabilities, which SDPA never materialises, are the ``scores`` and ``probs``
+slots of the book's one attention function (:mod:`outlierbook.models.attention_function`), shared with
+the attention variants and NAQ. Weights are quantized with ``torch.nn.utils.parametrize``, so
+quantization-aware training gets gradients through them.
 
 Node names read as words: ``embeddings.ln``, ``layer3.attention.probs``, ``layer5.ffn.residual``,
 ``pooler.output``. The *kind* of a node is its name without the layer prefix. Two placements:
@@ -55,9 +56,8 @@ from ..errors import ConfigError, OutlierBookError
 from .fake_quant import FakeQuantizer
 from .granularity import Granularity
 from .quantizer import Grid
-from ..models.attention_variants import module_probabilities
-
-ATTENTION_NAME = "outlierbook_quant"
+from ..models.anatomy import Anatomy, anatomy
+from ..models.attention_function import claim, release, slots
 
 KINDS = (
     "embeddings.sum", "embeddings.ln",
@@ -69,7 +69,6 @@ KINDS = (
 OPT_LAYER_KINDS = ("attention.ln", "attention.q", "attention.k", "attention.v", "attention.scores", "attention.probs",
                    "attention.context", "attention.output", "ffn.ln", "ffn.act", "ffn.output", "layer.output")
 OPT_KINDS = OPT_LAYER_KINDS + ("final.ln",)
-LM_HEADS = ("cls.", "lm_head")
 PLACEMENTS = {
     # FasterTransformer positions used by Outlier Suppression (notes §1.3).
     "os": ("embeddings.ln", "attention.q", "attention.k", "attention.v", "attention.probs", "attention.context",
@@ -190,87 +189,6 @@ class WeightNode(nn.Module):
         return self._memo[1]
 
 
-# ---------------------------------------------------------------------- attention function
-
-
-def quantized_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Eager attention with two named nodes: scores ($QK^\\top$, before scaling and mask) and probs.
-
-    ``module.outlierbook_nodes`` (set by :class:`QuantizedModel`) maps ``"scores"``/``"probs"`` to
-    nodes; ``module.outlierbook_softmax`` may replace the softmax; an attention variant installed by
-    :func:`outlierbook.models.attention_variants.install` (clipped softmax, gates) is honoured.
-    """
-    nodes = getattr(module, "outlierbook_nodes", {})
-    if scaling is None:
-        scaling = query.size(-1) ** -0.5
-    scores = torch.matmul(query, key.transpose(2, 3))
-    if "scores" in nodes:
-        scores = nodes["scores"](scores)
-    scores = scores * scaling
-    if attention_mask is not None:
-        scores = scores + attention_mask[..., : key.shape[-2]]
-    variant = getattr(module, "outlierbook_variant", None)  # clipped softmax / gates (attention_variants.py)
-    softmax = getattr(module, "outlierbook_softmax", None) or (
-        (lambda s: module_probabilities(module, s)) if variant is not None else (lambda s: torch.softmax(s, dim=-1)))
-    probs = softmax(scores)
-    if "probs" in nodes:
-        probs = nodes["probs"](probs)
-    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
-    out = torch.matmul(probs, value)
-    gate = getattr(module, "outlierbook_gate", None)
-    if gate is not None:  # the gate stays FP; the context node sees the gated heads
-        out = out * gate(module.outlierbook_input)
-    return out.transpose(1, 2).contiguous(), probs
-
-
-def register_attention() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
-
-    AttentionInterface.register(ATTENTION_NAME, quantized_attention)
-    AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)
-
-
-# ---------------------------------------------------------------------- locating modules
-
-
-@dataclass
-class Parts:
-    """The modules of one BERT-family encoder that nodes attach to."""
-
-    base: nn.Module
-    embeddings: nn.Module
-    layers: list
-    pooler: nn.Module | None
-    classifier: nn.Module | None
-    weights: dict = field(default_factory=dict)  # weight node name -> module
-    family: str = "bert"
-    final_ln: nn.Module | None = None
-
-
-def _weights(model: nn.Module, parts: Parts) -> Parts:
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.Embedding)) and not name.startswith(LM_HEADS):
-            parts.weights[name] = module
-    return parts
-
-
-def find_parts(model: nn.Module) -> Parts:
-    base = getattr(model, "base_model", model)
-    decoder = getattr(base, "decoder", None)
-    if decoder is not None and hasattr(decoder, "layers") and hasattr(decoder.layers[0], "fc1"):
-        return _weights(model, Parts(base, None, list(decoder.layers), None, None, family="opt",
-                                     final_ln=getattr(decoder, "final_layer_norm", None)))
-    emb = getattr(base, "embeddings", None)
-    enc = getattr(base, "encoder", None)
-    layers = list(getattr(enc, "layer", [])) if enc is not None else []
-    if emb is None or not layers or not hasattr(layers[0], "attention") or not hasattr(layers[0], "intermediate"):
-        raise ConfigError(f"{type(model).__name__} is not a BERT-family encoder (embeddings, encoder.layer[i].attention/"
-                          "intermediate/output); the quantized wrapper supports BERT, RoBERTa, MiniLM and relatives")
-    classifier = getattr(model, "classifier", None)
-    return _weights(model, Parts(base, emb, layers, getattr(base, "pooler", None), classifier))
-
-
 # ---------------------------------------------------------------------- the wrapper
 
 
@@ -305,7 +223,7 @@ class QuantizedModel(nn.Module):
         self.placement = placement
         self.token_mask = None
         self._hooks = []
-        self.parts = find_parts(model)
+        self.parts = anatomy(model)  # raises ConfigError for an unsupported model, before any change to it
         act = act or NodeSettings()
         weight = weight or NodeSettings(bits=8, symmetric=True, estimator="current_minmax", axis=0)
         names = self.candidate_names()
@@ -313,7 +231,7 @@ class QuantizedModel(nn.Module):
         self._check_selectors(config, names)
 
         self.act_nodes = nn.ModuleDict()
-        kinds = (OPT_PLACEMENTS if self.parts.family == "opt" else PLACEMENTS)[placement]
+        kinds = (OPT_PLACEMENTS if not self.parts.post_ln else PLACEMENTS)[placement]
         for name, (kind, layer) in names["act"].items():
             if kind not in kinds:
                 continue
@@ -329,9 +247,7 @@ class QuantizedModel(nn.Module):
             parametrize.register_parametrization(module, "weight", node, unsafe=True)
             self.weight_nodes[name] = node
         self._attach_hooks()
-        register_attention()
-        self._previous_attn = model.config._attn_implementation
-        model.set_attn_implementation(ATTENTION_NAME)
+        claim(model, "quantization", self.parts)
         self.train(model.training)  # nn.Module starts in training mode; follow the wrapped model instead
         self.set_mode(weights=False, acts=False)
 
@@ -342,7 +258,7 @@ class QuantizedModel(nn.Module):
 
     def candidate_names(self) -> dict:
         weights = [f"weight:{n}" for n in self.parts.weights]
-        if self.parts.family == "opt":
+        if not self.parts.post_ln:
             acts = {f"layer{i}.{kind}": (kind, i) for i in range(len(self.parts.layers)) for kind in OPT_LAYER_KINDS}
             if self.parts.final_ln is not None:
                 acts["final.ln"] = ("final.ln", None)
@@ -413,47 +329,43 @@ class QuantizedModel(nn.Module):
         if node is not None:
             self._hooks.append(module.register_forward_pre_hook(lambda m, args: (node(args[0]),) + tuple(args[1:])))
 
-    def _attach_opt_hooks(self) -> None:
-        for i, layer in enumerate(self.parts.layers):
-            att, p = layer.self_attn, f"layer{i}."
-            self._out_hook(layer.self_attn_layer_norm, p + "attention.ln")
-            self._out_hook(att.q_proj, p + "attention.q")
-            self._out_hook(att.k_proj, p + "attention.k")
-            self._out_hook(att.v_proj, p + "attention.v")
-            att.outlierbook_nodes = {k: n for k in ("scores", "probs") if (n := self._maybe(p + f"attention.{k}"))}
-            self._in_hook(att.out_proj, p + "attention.context")
-            self._out_hook(att.out_proj, p + "attention.output")
-            self._out_hook(layer.final_layer_norm, p + "ffn.ln")
-            self._out_hook(layer.activation_fn, p + "ffn.act")
-            self._out_hook(layer.fc2, p + "ffn.output")
-            self._out_hook(layer, p + "layer.output")
-        if self.parts.final_ln is not None:
-            self._out_hook(self.parts.final_ln, "final.ln")
+    def _attach_attention(self, layer, p: str) -> None:
+        slot = slots(layer.attention)
+        slot.scores, slot.probs = self._maybe(p + "attention.scores"), self._maybe(p + "attention.probs")
 
     def _attach_hooks(self) -> None:
-        if self.parts.family == "opt":
-            return self._attach_opt_hooks()
-        emb = self.parts.embeddings
-        self._in_hook(emb.LayerNorm, "embeddings.sum")
-        self._out_hook(emb.LayerNorm, "embeddings.ln")
-        for i, layer in enumerate(self.parts.layers):
-            att, p = layer.attention, f"layer{i}."
-            self._out_hook(att.self.query, p + "attention.q")
-            self._out_hook(att.self.key, p + "attention.k")
-            self._out_hook(att.self.value, p + "attention.v")
-            att.self.outlierbook_nodes = {k: n for k in ("scores", "probs") if (n := self._maybe(p + f"attention.{k}"))}
-            self._in_hook(att.output.dense, p + "attention.context")
-            self._out_hook(att.output.dense, p + "attention.output")
-            self._in_hook(att.output.LayerNorm, p + "attention.residual")
-            self._out_hook(att.output.LayerNorm, p + "attention.ln")
-            self._out_hook(layer.intermediate, p + "ffn.gelu")
-            self._out_hook(layer.output.dense, p + "ffn.output")
-            self._in_hook(layer.output.LayerNorm, p + "ffn.residual")
-            self._out_hook(layer.output.LayerNorm, p + "ffn.ln")
-        if self.parts.pooler is not None:
-            self._out_hook(self.parts.pooler, "pooler.output")
-        if self.parts.classifier is not None:
-            self._out_hook(self.parts.classifier, "classifier.output")
+        anat: Anatomy = self.parts
+        if anat.embeddings_ln is not None:
+            self._in_hook(anat.embeddings_ln, "embeddings.sum")
+            self._out_hook(anat.embeddings_ln, "embeddings.ln")
+        for layer in anat.layers:
+            p = f"layer{layer.index}."
+            if not anat.post_ln:
+                self._out_hook(layer.attention_ln, p + "attention.ln")
+            self._out_hook(layer.query, p + "attention.q")
+            self._out_hook(layer.key, p + "attention.k")
+            self._out_hook(layer.value, p + "attention.v")
+            self._attach_attention(layer, p)
+            self._in_hook(layer.out, p + "attention.context")
+            self._out_hook(layer.out, p + "attention.output")
+            if anat.post_ln:
+                self._in_hook(layer.attention_ln, p + "attention.residual")
+                self._out_hook(layer.attention_ln, p + "attention.ln")
+                self._out_hook(layer.ffn_act, p + "ffn.gelu")
+                self._out_hook(layer.ffn_out, p + "ffn.output")
+                self._in_hook(layer.ffn_ln, p + "ffn.residual")
+                self._out_hook(layer.ffn_ln, p + "ffn.ln")
+            else:
+                self._out_hook(layer.ffn_ln, p + "ffn.ln")
+                self._out_hook(layer.ffn_act, p + "ffn.act")
+                self._out_hook(layer.ffn_out, p + "ffn.output")
+                self._out_hook(layer.block, p + "layer.output")
+        if anat.final_ln is not None:
+            self._out_hook(anat.final_ln, "final.ln")
+        if anat.pooler is not None:
+            self._out_hook(anat.pooler, "pooler.output")
+        if anat.classifier is not None:
+            self._out_hook(anat.classifier, "classifier.output")
 
     def remove(self) -> nn.Module:
         """Detach every hook and parametrization; returns the plain model (weights unchanged)."""
@@ -464,8 +376,9 @@ class QuantizedModel(nn.Module):
             parametrize.remove_parametrizations(self.parts.weights[name[len("weight:"):]], "weight",
                                                 leave_parametrized=False)
         for layer in self.parts.layers:
-            (layer.self_attn if self.parts.family == "opt" else layer.attention.self).outlierbook_nodes = {}
-        self.model.set_attn_implementation(self._previous_attn)
+            slot = slots(layer.attention)
+            slot.scores = slot.probs = None
+        release(self.model, "quantization", self.parts)
         return self.model
 
     # ------------------------------------------------------------------ modes
