@@ -70,7 +70,7 @@ from outlierbook import claims, compare
 from outlierbook.experiments.problem import node_sensitivity, weight_act_sweep
 from outlierbook.models.tasks import task_setup
 from outlierbook.quant.calibrate import calibration_batches
-from outlierbook.quant.ptq import quantized
+from outlierbook.recipe import Recipe, quantize
 from outlierbook.results import Recorder, dumps, full_profile_verdicts
 
 rec = Recorder("02_the_problem", profile, params=dict(model=model, tasks=tasks, eval_limit=eval_limit, n_calib=n_calib,
@@ -105,8 +105,8 @@ def forward_seconds(m, repeats=2):
 
 
 fp_seconds = forward_seconds(s.model)
-with quantized(s.model, batches, placement="bondarenko", weight_bits=8, act_bits=8) as qm:
-    w8a8_seconds = forward_seconds(qm)
+qm = quantize(s.model, Recipe(bits="W8A8", placement="bondarenko", act_estimator="avg_minmax"), batches)
+w8a8_seconds = forward_seconds(qm)
 ratio = w8a8_seconds / fp_seconds
 rec.metric("w8a8_over_fp_forward_time", ratio)
 print(f"256 sentences: FP32 {fp_seconds:.2f} s, simulated W8A8 {w8a8_seconds:.2f} s, ratio {ratio:.2f} (budget 2.0)")
@@ -272,8 +272,8 @@ print(full_profile_verdicts("02_the_problem", profile))
 # ```{admonition} Solution 1
 # :class: dropdown
 # The residual sums (`attention.residual`, `ffn.residual`) and the embedding sum: they carry the
-# outlier dimensions *before* LayerNorm rescales them, so their range is widest. Wrap with
-# `quantized(setups["stsb"].model, batches, weight_bits=6, act_bits=6)` and compare
+# outlier dimensions *before* LayerNorm rescales them, so their range is widest. Quantize with
+# `qm = quantize(setups["stsb"].model, Recipe(bits="W6A6", act_estimator="avg_minmax"), batches)` and compare
 # `setups["stsb"].score(qm)` inside `with fp32_kinds(qm, ["attention.residual", "ffn.residual"])`
 # against the score without it. The next chapters show the FFN residual sum is the main culprit.
 # ```

@@ -70,6 +70,7 @@ from outlierbook.experiments import outlier_suppression as osx
 from outlierbook.methods.token_wise_clipping import grid as twc_grid
 from outlierbook.models.tasks import task_setup
 from outlierbook.quant.calibrate import calibration_batches
+from outlierbook.recipe import quantize
 from outlierbook.results import Recorder, dumps, full_profile_verdicts
 
 rec = Recorder("05_outlier_suppression", profile, params=dict(
@@ -212,7 +213,7 @@ ABLATION = {"minmax": "MinMax", "gm+minmax": "MinMax + GM", "twc_coarse": "TWC c
 bits666 = osx.Bits.parse("6-6-6")
 ablation = []
 for t in tasks:
-    ablation += osx.run_methods(setups[t], list(ABLATION), bits666, batches[t], migrated=migrated[t], cache=cache,
+    ablation += osx.run_methods(setups[t], list(ABLATION), bits666, batches[t], cache=cache,
                                 twc_max_candidates=twc_max_candidates)
 ablation = pd.DataFrame(ablation).assign(label=lambda d: d.method.map(ABLATION))
 fp_scores = {t: setups[t].score() for t in tasks}
@@ -239,12 +240,9 @@ compare.styled(t3, "ch05_table3", caption="Table 3 (paper: RoBERTa-base) beside 
 # clipping more raises it again.
 
 # %%
-from outlierbook.methods.token_wise_clipping import coarse_search
-
 t0 = tasks[0]
-qm, _ = osx.calibrate_method(setups[t0].model, migrated[t0], "gm+minmax", bits666, batches[t0])
-search = coarse_search(qm, batches[t0], osx.twc_candidates(6, twc_max_candidates))
-qm.remove()
+qm = quantize(setups[t0].model, osx.recipe_for("gm+twc_coarse", bits666, twc_max_candidates), batches[t0])
+search = qm.info["token_wise_clipping"]
 losses = pd.Series(search["losses"]).sort_index()
 rec.update({f"coarse_loss/{t0}/{p}": v for p, v in losses.items()})
 fig, ax = plt.subplots(figsize=(6, 3))
@@ -275,7 +273,7 @@ METHODS4 = {"minmax": "MinMax", "omse": "OMSE", **{f"percentile:{p}": f"percenti
 rows4 = []
 for b in table4_bits:
     for t in tasks:
-        rows = osx.run_methods(setups[t], list(METHODS4), osx.Bits.parse(b), batches[t], migrated=migrated[t],
+        rows = osx.run_methods(setups[t], list(METHODS4), osx.Bits.parse(b), batches[t],
                                cache=cache, twc_max_candidates=twc_max_candidates)
         rows4 += [r for r in rows if not r["method"].startswith("percentile:")] + [osx.best_percentile(rows)]
 table4_long = pd.DataFrame(rows4).assign(label=lambda d: d.method.map(METHODS4).fillna("Percentile (best on dev)"))

@@ -63,7 +63,7 @@ from outlierbook.models.tasks import task_setup
 from outlierbook.naq.gradients import ACTIVATIONS, activation_derivative, softmax_diagonal
 from outlierbook.naq.macs import ENERGY_PJ, encoder_macs, measured_macs
 from outlierbook.quant.calibrate import calibration_batches
-from outlierbook.quant.ptq import quantized
+from outlierbook.recipe import Recipe, quantize
 from outlierbook.results import Recorder, dumps, full_profile_verdicts
 
 rec = Recorder("07_naq", profile, params=dict(model=model, tasks=tasks, eval_limit=eval_limit, qp_values=qp_values,
@@ -187,8 +187,8 @@ print(sweeps[show].round(3).to_string(index=False))
 int8 = {}
 for t, s in setups.items():
     batches = calibration_batches(s.calibration, s.tokenizer, n=n_calib, batch_size=32, seed=seed)
-    with quantized(s.model, batches, placement="os", weight_bits=8, act_bits=8) as qm:
-        int8[t] = s.score(qm)
+    qm = quantize(s.model, Recipe(bits="W8A8", placement="os", act_estimator="avg_minmax"), batches)
+    int8[t] = s.score(qm)
 rec.update({f"int8/{t}": v for t, v in int8.items()})
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
 for t in tasks:

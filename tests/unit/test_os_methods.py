@@ -47,7 +47,7 @@ def test_pact_refuses_uncalibrated_or_per_channel():
 
 def test_easyquant_never_lowers_the_layer_output_cosine(tiny_bert):
     model, batch = tiny_bert
-    qm = osx.wrap(model, osx.Bits(4, 4, 4))
+    qm = osx.recipe_for("minmax", "4-4-4").wrap(model)
     calibrate(qm, [batch])
     pairs = linear_consumers(qm)
     assert pairs["embeddings.ln"] == [f"weight:bert.encoder.layer.0.attention.self.{n}" for n in ("query", "key", "value")]
@@ -73,7 +73,8 @@ def test_easyquant_never_lowers_the_layer_output_cosine(tiny_bert):
 
 
 def test_bits_and_candidates_and_unknown_method(tiny_bert):
-    assert str(osx.Bits.parse("6-4-8")) == "6-4-8"
+    assert osx.Bits.parse("6-4-8").wea == "6-4-8" and str(osx.Bits.parse("6-4-8")) == "W6A8E4"
+    assert osx.Bits.parse("W6A8E4") == osx.Bits(6, 4, 8) and osx.Bits.parse("W8A8") == osx.Bits(8, 8, 8)
     with pytest.raises(ConfigError):
         osx.Bits.parse("6-6")
     full = osx.twc_candidates(6)
@@ -81,7 +82,7 @@ def test_bits_and_candidates_and_unknown_method(tiny_bert):
     assert len(full) == 30 and len(thin) <= 8 and thin[0] == 1.0 and set(thin) <= set(full)
     model, batch = tiny_bert
     with pytest.raises(ConfigError, match="unknown method"):
-        osx.calibrate_method(model, None, "magic", osx.Bits(6, 6, 6), [batch])
+        osx.recipe_for("magic", "6-6-6")
 
 
 def test_embedding_tables_get_their_own_bits_and_migrated_copy_is_exact(tiny_bert):
@@ -90,7 +91,7 @@ def test_embedding_tables_get_their_own_bits_and_migrated_copy_is_exact(tiny_ber
     migrated = osx.migrated_copy(model)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert osx.migration_max_difference(model, migrated, [batch]) <= 1e-4
-    qm = osx.wrap(model, osx.Bits(6, 2, 8))
+    qm = osx.recipe_for("minmax", "6-2-8").wrap(model)
     assert qm.weight_nodes["weight:bert.embeddings.word_embeddings"].quantizer.grid.bits == 2
     assert qm.weight_nodes["weight:bert.encoder.layer.0.intermediate.dense"].quantizer.grid.bits == 6
     qm.remove()
@@ -110,7 +111,7 @@ def test_qat_with_pact_trains_the_clipping_bounds(tiny_bert, char_tokenizer):
     model, _ = tiny_bert
     tok = char_tokenizer
     texts = ["good film", "bad film", "great", "awful plot"] * 4
-    qm = osx.wrap(model, osx.Bits(4, 4, 4))
+    qm = osx.recipe_for("minmax", "4-4-4").wrap(model)
     calibrate(qm, [tok(texts[:8])])
     hi0 = {q.name: float((q.grid.qmax - q.zero) * q.scale) for q in qm.activation_quantizers()}
     qat(qm, TaskData("sst2", "train", texts, None, [1, 0, 1, 0] * 4), tok, steps=3, batch_size=4, lr=1e-2,

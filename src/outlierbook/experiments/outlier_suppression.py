@@ -19,55 +19,21 @@ same calibration batches (training split). Methods differ only in how the ranges
 
 from __future__ import annotations
 
-import copy
-import time
-from dataclasses import dataclass
-
 import torch
 
 from ..errors import ConfigError
-from ..methods.easyquant import easyquant
-from ..methods.gamma_migration import migrate_gamma
-from ..methods.peg import peg_config, set_range_permutations
-from ..methods.token_wise_clipping import coarse_search, grid, learn_scales
-from ..quant.calibrate import calibrate
-from ..quant.nodes import QuantizedModel, quantize_model
+from ..methods.peg import peg_config
+from ..recipe import (EMBEDDING_WEIGHTS, Bits, EasyQuant, GammaMigration, PegPermutation, Ranges, Recipe,
+                      TokenWiseClipping, quantize)
+from ..recipe.quantize import transformed
 
 LN_KINDS = ("embeddings.ln", "attention.ln", "ffn.ln")
-EMBEDDING_WEIGHTS = "weight:*embeddings.*"
-
-
-@dataclass(frozen=True)
-class Bits:
-    """W-E-A: Linear weights, embedding tables, activations."""
-
-    weights: int
-    embeddings: int
-    acts: int
-
-    @classmethod
-    def parse(cls, text: str) -> "Bits":
-        try:
-            w, e, a = (int(v) for v in text.split("-"))
-        except ValueError:
-            raise ConfigError(f"bits {text!r} must read W-E-A, e.g. '6-6-6'") from None
-        return cls(w, e, a)
-
-    def __str__(self) -> str:
-        return f"{self.weights}-{self.embeddings}-{self.acts}"
+BASE_METHODS = ("minmax", "omse", "mse_grid", "percentile:<p>", "easyquant", "peg", "twc_coarse", "twc")
 
 
 def migrated_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A Gamma-Migrated deep copy (the original model is left untouched)."""
-    m = copy.deepcopy(model)
-    migrate_gamma(m)
-    return m
-
-
-def wrap(model, bits: Bits, act_estimator="avg_minmax", config: dict | None = None) -> QuantizedModel:
-    cfg = {EMBEDDING_WEIGHTS: bits.embeddings, **(config or {})}
-    return quantize_model(model, placement="os", weight_bits=bits.weights, act_bits=bits.acts,
-                          act_estimator=act_estimator, config=cfg)
+    return transformed(model, Recipe(transforms=(GammaMigration(),)))
 
 
 def split_method(method: str) -> tuple[bool, str]:
@@ -76,6 +42,8 @@ def split_method(method: str) -> tuple[bool, str]:
 
 def twc_candidates(bits: int, max_candidates: int | None = None) -> list[float]:
     """The authors' quantile grid, thinned to at most ``max_candidates`` evenly spaced ones (None: all)."""
+    from ..methods.token_wise_clipping import grid
+
     full = grid(bits)
     if max_candidates is None or max_candidates >= len(full):
         return full
@@ -83,55 +51,44 @@ def twc_candidates(bits: int, max_candidates: int | None = None) -> list[float]:
     return full[::stride]
 
 
-def calibrate_method(model, fp_model_migrated, method: str, bits: Bits, batches, twc_max_candidates: int | None = None,
-                     fine_epochs: int = 3) -> tuple[QuantizedModel, dict]:
-    """Wrap and calibrate by ``method``; returns the W+A-mode wrapper and ``{"seconds", ...}`` details.
-
-    ``fp_model_migrated`` is the Gamma-Migrated copy used by ``gm+`` methods. The caller removes the
-    wrapper (``qm.remove()``) when done. ``seconds`` times the activation calibration only.
-    """
+def recipe_for(method: str, bits: Bits, twc_max_candidates: int | None = None, fine_epochs: int = 3) -> Recipe:
+    """The recipe of one row of the chapter's tables (see the module docstring for the names)."""
     gm, base = split_method(method)
-    target = fp_model_migrated if gm else model
-    info: dict = {}
-    if base in ("minmax", "easyquant", "twc_coarse", "twc"):
-        qm = wrap(target, bits)
-    elif base == "omse":
-        qm = wrap(target, bits, act_estimator="omse")
+    estimator, overrides, calibrators = "avg_minmax", {}, [Ranges()]
+    if base == "omse":
+        estimator = "omse"
     elif base == "mse_grid":
-        qm = wrap(target, bits, act_estimator="mse")
+        estimator = "mse"
     elif base.startswith("percentile:"):
-        qm = wrap(target, bits, act_estimator=("percentile", {"p": float(base.split(":")[1])}))
+        try:
+            estimator = ("percentile", {"p": float(base.split(":", 1)[1])})
+        except ValueError:
+            raise ConfigError(f"method {method!r}: write a percentile as 'percentile:99.99'") from None
     elif base == "peg":
-        qm = wrap(target, bits, config=peg_config(6, LN_KINDS))
-    else:
-        raise ConfigError(f"unknown method {method!r}; see outlierbook.experiments.outlier_suppression")
-    t0 = time.perf_counter()
-    if base == "peg":
-        set_range_permutations(qm, batches, kinds=LN_KINDS)
-    calibrate(qm, batches)
-    if base == "easyquant":
-        easyquant(qm, batches)
-    if base in ("twc_coarse", "twc"):
-        candidates = twc_candidates(bits.acts, twc_max_candidates)
-        result = coarse_search(qm, batches, candidates)
-        info.update(best_p=result["best_p"], n_candidates=len(candidates))
-    if base == "twc":
-        info["fine_losses"] = learn_scales(qm, batches, epochs=fine_epochs)
-    info["seconds"] = time.perf_counter() - t0
-    qm.set_mode(weights=True, acts=True)
-    return qm, info
+        overrides = peg_config(6, LN_KINDS)
+        calibrators = [PegPermutation(LN_KINDS), Ranges()]
+    elif base == "easyquant":
+        calibrators.append(EasyQuant())
+    elif base in ("twc_coarse", "twc"):
+        calibrators.append(TokenWiseClipping(max_candidates=twc_max_candidates,
+                                             fine_epochs=fine_epochs if base == "twc" else 0))
+    elif base != "minmax":
+        raise ConfigError(f"unknown method {method!r}; use one of {', '.join(BASE_METHODS)}, optionally after 'gm+'")
+    bits = Bits.parse(bits)
+    return Recipe(bits=bits, placement="os", act_estimator=estimator,
+                  overrides={EMBEDDING_WEIGHTS: bits.embeddings, **overrides},
+                  transforms=(GammaMigration(),) if gm else (), calibrators=tuple(calibrators))
 
 
-def score_method(setup, method: str, bits: Bits, batches, migrated=None, **kw) -> dict:
-    """Calibrate, score on the setup's evaluation data, unwrap. Returns metric, seconds and details."""
-    if split_method(method)[0] and migrated is None:
-        migrated = migrated_copy(setup.model)
-    qm, info = calibrate_method(setup.model, migrated, method, bits, batches, **kw)
-    try:
-        value = setup.score(qm)
-    finally:
-        qm.remove()
-    return {"task": setup.task, "method": method, "bits": str(bits), "value": value, **info}
+def score_method(setup, method: str, bits: Bits, batches, twc_max_candidates: int | None = None,
+                 fine_epochs: int = 3) -> dict:
+    """Quantize a copy of the setup's model by ``method`` and score it. Returns metric, the calibration
+    time in seconds (every calibrator of the recipe) and the Token-Wise Clipping details."""
+    qm = quantize(setup.model, recipe_for(method, bits, twc_max_candidates, fine_epochs), batches)
+    twc = qm.info.get("token_wise_clipping", {})
+    info = {k: twc[k] for k in ("best_p", "n_candidates", "fine_losses") if k in twc}
+    return {"task": setup.task, "method": method, "bits": Bits.parse(bits).wea, "value": setup.score(qm),
+            **info, "seconds": qm.info["seconds"]}
 
 
 @torch.no_grad()
@@ -164,12 +121,10 @@ def qat_variant(setup, variant: str, bits: Bits, batches, steps: int, batch_size
     if variant not in QAT_VARIANTS:
         raise ConfigError(f"unknown QAT variant {variant!r}; use one of: {', '.join(QAT_VARIANTS)}")
     init, pact = QAT_VARIANTS[variant]
-    migrated = migrated_copy(setup.model) if init.startswith("gm+") else None
-    qm, _ = calibrate_method(copy.deepcopy(setup.model), migrated, init, bits, batches,
-                             twc_max_candidates=twc_max_candidates)
+    qm = quantize(setup.model, recipe_for(init, bits, twc_max_candidates), batches)
     result = qat_and_score(qm, setup, steps=steps, batch_size=batch_size, lr=lr, seed=seed, pact=pact,
                            progress=progress)
-    return {"task": setup.task, "variant": variant, "bits": str(bits), "ptq_init": result["ptq"],
+    return {"task": setup.task, "variant": variant, "bits": Bits.parse(bits).wea, "ptq_init": result["ptq"],
             "value": result["value"], "final_loss": result["final_loss"], "steps": steps}
 
 
@@ -206,7 +161,7 @@ def weight_cosine_table(model, bits: int = 6):
     return pd.DataFrame(rows)
 
 
-def run_methods(setup, methods, bits: Bits, batches, migrated=None, cache: dict | None = None, **kw) -> list[dict]:
+def run_methods(setup, methods, bits: Bits, batches, cache: dict | None = None, **kw) -> list[dict]:
     """:func:`score_method` for each method (memoised in ``cache`` by task, method and bits), with progress."""
     from tqdm import tqdm
 
@@ -214,12 +169,11 @@ def run_methods(setup, methods, bits: Bits, batches, migrated=None, cache: dict 
 
     cache = {} if cache is None else cache
     rows = []
-    for method in tqdm(methods, desc=f"{setup.task} {bits}", disable=not progress_enabled()):
-        key = (setup.task, method, str(bits))
+    bits = Bits.parse(bits)
+    for method in tqdm(methods, desc=f"{setup.task} {bits.wea}", disable=not progress_enabled()):
+        key = (setup.task, method, bits.wea)
         if key not in cache:
-            if split_method(method)[0] and migrated is None:
-                migrated = migrated_copy(setup.model)
-            cache[key] = score_method(setup, method, bits, batches, migrated=migrated, **kw)
+            cache[key] = score_method(setup, method, bits, batches, **kw)
         rows.append(cache[key])
     return rows
 

@@ -11,7 +11,7 @@ from ..analysis.sensitivity import fp32_kinds, node_cosine
 from ..models.tasks import TaskSetup
 from ..nbsetup import progress_enabled
 from ..quant.calibrate import calibration_batches
-from ..quant.ptq import quantized
+from ..recipe import Bits, Recipe, quantize
 
 # (weight bits, activation bits) of each wrapper -> the settings read off it by switching modes.
 SWEEP = {
@@ -30,10 +30,10 @@ def weight_act_sweep(setup: TaskSetup, n_calib: int = 256, seeds=(0,), placement
     jobs = [(bits, seed) for bits in SWEEP for seed in seeds]
     for (wb, ab), seed in tqdm(jobs, desc=f"PTQ sweep {setup.task}", disable=not progress_enabled()):
         batches = calibration_batches(setup.calibration, setup.tokenizer, n_calib, batch_size, seed)
-        with quantized(setup.model, batches, placement=placement, weight_bits=wb, act_bits=ab,
-                       act_estimator=act_estimator) as qm:
-            for name, mode in SWEEP[(wb, ab)].items():
-                per_setting.setdefault(name, []).append(setup.score(qm.set_mode(*mode)))
+        qm = quantize(setup.model, Recipe(bits=Bits(wb, wb, ab), placement=placement, act_estimator=act_estimator),
+                      batches)
+        for name, mode in SWEEP[(wb, ab)].items():
+            per_setting.setdefault(name, []).append(setup.score(qm.set_mode(*mode)))
     for name, values in per_setting.items():
         rows.append({"task": setup.task, "setting": name, "metric": setup.metric,
                      "value": statistics.median(values), "n_seeds": len(values)})
@@ -54,10 +54,11 @@ def node_sensitivity(setup: TaskSetup, bits: int = 6, n_calib: int = 256, seed: 
         **{k: [k] for k in PLACEMENTS[placement]},
         "all LN + GELU": [k for k in PLACEMENTS[placement] if k.endswith(".ln") or k == "ffn.gelu"],
     }
-    with quantized(setup.model, batches, placement=placement, weight_bits=bits, act_bits=bits) as qm:
-        cos = node_cosine(qm, batches[:2])
-        rows = [{"task": setup.task, "fp32 kinds": "none (all quantized)", "value": setup.score(qm)}]
-        for label, kinds in tqdm(groups.items(), desc=f"disable one kind ({setup.task})", disable=not progress_enabled()):
-            with fp32_kinds(qm, kinds):
-                rows.append({"task": setup.task, "fp32 kinds": label, "value": setup.score(qm)})
+    qm = quantize(setup.model, Recipe(bits=Bits(bits, bits, bits), placement=placement, act_estimator="avg_minmax"),
+                  batches)
+    cos = node_cosine(qm, batches[:2])
+    rows = [{"task": setup.task, "fp32 kinds": "none (all quantized)", "value": setup.score(qm)}]
+    for label, kinds in tqdm(groups.items(), desc=f"disable one kind ({setup.task})", disable=not progress_enabled()):
+        with fp32_kinds(qm, kinds):
+            rows.append({"task": setup.task, "fp32 kinds": label, "value": setup.score(qm)})
     return cos, pd.DataFrame(rows)

@@ -18,8 +18,7 @@ from ..models.attention_variants import attention_modules, live_rows
 from ..models.lm_eval import perplexity
 from ..models.pretrain import PretrainConfig, build_model, make_batch, pretrain, token_blocks
 from ..models.tokenizer import train_tokenizer
-from ..quant.calibrate import calibrate
-from ..quant.nodes import quantize_model
+from ..recipe import Recipe, quantize
 
 
 def corpus(cfg: PretrainConfig, eval_blocks: int | None = 256):
@@ -88,16 +87,12 @@ def calibration_subset(blocks: torch.Tensor, n_batches: int, batch_size: int, se
 
 def w8a8_perplexity(model, cfg: PretrainConfig, tok, train: torch.Tensor, test: torch.Tensor, seed: int = 0,
                     calib_batches: int = 16, batch_size: int = 16, act_estimator="running_minmax") -> float:
-    """Perplexity after W8A8 PTQ: symmetric per-tensor weights, asymmetric activations, the 2021/2023
-    placement (scores before and probabilities after the variant's softmax, context after the gate; the
-    gate itself and the LM head FP), static ranges from one seeded calibration subset."""
-    qm = quantize_model(model, placement="bondarenko", weight_bits=8, act_bits=8, act_estimator=act_estimator)
-    try:
-        calibrate(qm, calibration_subset(train, calib_batches, batch_size, seed))
-        qm.set_mode(weights=True, acts=True)
-        return perplexity(qm, test, cfg.kind, tok, batch_size, cfg.seed)
-    finally:
-        qm.remove()
+    """Perplexity after W8A8 PTQ: symmetric per-channel weights, asymmetric per-tensor activations, the
+    2021/2023 placement (scores before and probabilities after the variant's softmax, context after the
+    gate; the gate itself and the LM head FP), static ranges from one seeded calibration subset."""
+    recipe = Recipe(bits="W8A8", placement="bondarenko", weight_axis=0, act_estimator=act_estimator)
+    qm = quantize(model, recipe, calibration_subset(train, calib_batches, batch_size, seed))
+    return perplexity(qm, test, cfg.kind, tok, batch_size, cfg.seed)
 
 
 def _estimator_label(spec) -> str:
@@ -131,7 +126,7 @@ def evaluate_trained(model, cfg: PretrainConfig, tok, train: torch.Tensor, test:
 
 
 _EVAL_SOURCES = ("experiments/quantizable.py", "models/lm_eval.py", "models/attention_variants.py",
-                 "analysis/lm_outliers.py", "quant")
+                 "models/anatomy.py", "models/attention_function.py", "analysis/lm_outliers.py", "quant", "recipe")
 
 
 def evaluation_key(test: torch.Tensor, eval_kw: dict) -> str:

@@ -9,7 +9,6 @@ single training sequence, and each number is the median over calibration seeds (
 
 from __future__ import annotations
 
-import copy
 import statistics
 from dataclasses import dataclass
 
@@ -19,10 +18,12 @@ from tqdm import tqdm
 
 from ..analysis.sensitivity import fp32_kinds
 from ..errors import ConfigError
-from ..methods.peg import FFN_KINDS, peg_config, set_range_permutations
+from ..methods.peg import FFN_KINDS, peg_config
 from ..nbsetup import progress_enabled
-from ..quant.calibrate import calibrate, calibration_batches
-from ..quant.nodes import QuantizedModel, quantize_model
+from ..models.anatomy import anatomy
+from ..quant.calibrate import calibration_batches
+from ..quant.nodes import QuantizedModel, candidate_names
+from ..recipe import Bits, PegPermutation, Ranges, Recipe, quantize
 
 # Activation kinds whose output has the hidden size d (PEG's per-embedding "all" setting).
 HIDDEN_KINDS = ("embeddings.sum", "embeddings.ln", "attention.q", "attention.k", "attention.v", "attention.context",
@@ -51,11 +52,20 @@ def range_grid(weights=("current_minmax", "mse"), acts=(("current_minmax", 1, 1)
     return [RangeSetting(w, a, bs, nb) for w in weights for a, bs, nb in acts]
 
 
+def recipe(weight_bits=8, act_bits=8, setting: RangeSetting = RangeSetting(), config: dict | None = None,
+           weight_axis=None, peg_kinds: tuple | None = None) -> Recipe:
+    """The chapter's setup as a recipe: 2021 placement, per-tensor weights, the setting's estimators;
+    ``peg_kinds``: the per-group kinds that get the range-based permutation."""
+    calibrators = (PegPermutation(tuple(peg_kinds)), Ranges()) if peg_kinds else (Ranges(),)
+    return Recipe(bits=Bits(weight_bits, weight_bits, act_bits), placement="bondarenko", weight_axis=weight_axis,
+                  act_estimator=setting.acts, weight_estimator=setting.weights, overrides=config or {},
+                  calibrators=calibrators)
+
+
 def wrap(model, weight_bits=8, act_bits=8, setting: RangeSetting = RangeSetting(), config: dict | None = None,
          weight_axis=None) -> QuantizedModel:
-    return quantize_model(model, placement="bondarenko", weight_bits=weight_bits, act_bits=act_bits,
-                          act_estimator=setting.acts, weight_estimator=setting.weights, weight_axis=weight_axis,
-                          config=config)
+    """The recipe's nodes on ``model`` itself, uncalibrated (for tests and exercises; ``remove()`` after)."""
+    return recipe(weight_bits, act_bits, setting, config, weight_axis).wrap(model)
 
 
 def batches_for(setup, setting: RangeSetting, seed: int):
@@ -83,20 +93,16 @@ def range_search(setup, grid: list[RangeSetting], seeds) -> pd.DataFrame:
     rows, w32a8, w8a32 = [], {}, {}
     for setting in _progress(grid, f"range search {setup.task}"):
         for seed in seeds:
-            qm = wrap(setup.model, setting=setting)
-            try:
-                calibrate(qm, batches_for(setup, setting, seed))
-                act_key = (setting.acts, setting.batch_size, setting.n_batches, seed)
-                values = {"W8A8": setup.score(qm.set_mode(True, True))}
-                if act_key not in w32a8:
-                    w32a8[act_key] = setup.score(qm.set_mode(False, True))
-                if setting.weights not in w8a32:
-                    w8a32[setting.weights] = setup.score(qm.set_mode(True, False))
-                values.update(W32A8=w32a8[act_key], W8A32=w8a32[setting.weights])
-                rows += [{"task": setup.task, "setting": setting.label, "seed": seed, "mode": mode, "value": values[mode]}
-                         for mode in MODES]
-            finally:
-                qm.remove()
+            qm = quantize(setup.model, recipe(setting=setting), batches_for(setup, setting, seed))
+            act_key = (setting.acts, setting.batch_size, setting.n_batches, seed)
+            values = {"W8A8": setup.score(qm.set_mode(True, True))}
+            if act_key not in w32a8:
+                w32a8[act_key] = setup.score(qm.set_mode(False, True))
+            if setting.weights not in w8a32:
+                w8a32[setting.weights] = setup.score(qm.set_mode(True, False))
+            values.update(W32A8=w32a8[act_key], W8A32=w8a32[setting.weights])
+            rows += [{"task": setup.task, "setting": setting.label, "seed": seed, "mode": mode, "value": values[mode]}
+                     for mode in MODES]
     return pd.DataFrame(rows)
 
 
@@ -124,34 +130,32 @@ def leave_one_out_groups(n_layers: int) -> dict[str, list[str]]:
 
 def leave_one_out(setup, seeds) -> pd.DataFrame:
     """W32A8 (current min-max, one sequence) with one activation kind at a time left in FP32."""
-    groups = None
+    groups = leave_one_out_groups(len(anatomy(setup.model).layers))
     per: dict[str, list[float]] = {}
     for seed in _progress(list(seeds), f"leave-one-out {setup.task}"):
-        qm = wrap(setup.model)
-        try:
-            groups = groups or leave_one_out_groups(len(qm.parts.layers))
-            calibrate(qm, batches_for(setup, RangeSetting(), seed))
-            qm.set_mode(weights=False, acts=True)
-            for label, kinds in groups.items():
-                with fp32_kinds(qm, kinds):
-                    per.setdefault(label, []).append(setup.score(qm))
-        finally:
-            qm.remove()
+        qm = quantize(setup.model, recipe(), batches_for(setup, RangeSetting(), seed))
+        qm.set_mode(weights=False, acts=True)
+        for label, kinds in groups.items():
+            with fp32_kinds(qm, kinds):
+                per.setdefault(label, []).append(setup.score(qm))
     return pd.DataFrame([{"task": setup.task, "quantized activations": k, "value": statistics.median(v)}
                          for k, v in per.items()])
 
 
 # ------------------------------------------------------------------ Table 4: mixed precision
 
-def output_nodes(qm: QuantizedModel) -> list[str]:
-    """The model's final output node(s): pooler + logits for a classifier, the last LN for a bare encoder."""
-    names = [n for n in ("pooler.output", "classifier.output") if n in qm.node_names()]
+def output_nodes(model) -> list[str]:
+    """The model's final output node(s): pooler + logits for a classifier, the last LN for a bare encoder.
+    ``model``: an FP model or a :class:`QuantizedModel`."""
+    anat = model.parts if isinstance(model, QuantizedModel) else anatomy(model)
+    acts = candidate_names(anat)["act"]
+    names = [n for n in ("pooler.output", "classifier.output") if n in acts]
     if "classifier.output" not in names:
-        names.append(f"layer{len(qm.parts.layers) - 1}.ffn.ln")
+        names.append(f"layer{len(anat.layers) - 1}.ffn.ln")
     return names
 
 
-def mixed_precision_configs(qm: QuantizedModel) -> dict[str, dict]:
+def mixed_precision_configs(qm) -> dict[str, dict]:
     star = {"ffn.residual": 16}
     dagger = {**star, "attention.ln": 16, "ffn.output": 16}
     return {"W8A8 PTQ": {}, "MP-PTQ*": star, "MP-PTQ*†": dagger,
@@ -173,26 +177,19 @@ def configured_ptq(setup, seeds, configs: dict[str, dict], weight_bits=8, act_bi
     rows = []
     for label, config in _progress(list(configs.items()), f"{desc} {setup.task}"):
         values, share = [], None
+        kinds = peg_kinds.get(label) if peg_kinds else None
         for seed in seeds:
-            qm = wrap(setup.model, weight_bits, act_bits, config=config)
-            try:
-                if peg_kinds and label in peg_kinds:
-                    set_range_permutations(qm, perm_batches, kinds=peg_kinds[label])
-                calibrate(qm, batches_for(setup, RangeSetting(), seed))
-                values.append(setup.score(qm.set_mode(weights=True, acts=True)))
-                share = sixteen_bit_share(qm)
-            finally:
-                qm.remove()
+            qm = quantize(setup.model, recipe(weight_bits, act_bits, config=config, peg_kinds=kinds),
+                          batches_for(setup, RangeSetting(), seed), calibration={"peg_permutation": perm_batches})
+            values.append(setup.score(qm.set_mode(weights=True, acts=True)))
+            share = sixteen_bit_share(qm)
         rows.append({"task": setup.task, "config": label, "value": statistics.median(values),
                      "16-bit quantizers": share[0], "activation quantizers": share[1]})
     return pd.DataFrame(rows)
 
 
 def mixed_precision(setup, seeds) -> pd.DataFrame:
-    qm = wrap(setup.model)
-    configs = mixed_precision_configs(qm)
-    qm.remove()
-    return configured_ptq(setup, seeds, configs, desc="mixed precision")
+    return configured_ptq(setup, seeds, mixed_precision_configs(setup.model), desc="mixed precision")
 
 
 # ------------------------------------------------------------------ Table 5: PEG
@@ -234,12 +231,8 @@ def qat_run(setup, weight_bits=8, act_bits=8, config: dict | None = None, steps:
 
     if setup.zero_shot:
         raise ConfigError("QAT needs a trained head; use task_setup(..., stsb_head=True) for STS-B")
-    qm = wrap(copy.deepcopy(setup.model), weight_bits, act_bits, config=config)
-    try:
-        calibrate(qm, calibration_batches(setup.calibration, setup.tokenizer, init_batch, init_batch, seed))
-    except BaseException:
-        qm.remove()
-        raise
+    qm = quantize(setup.model, recipe(weight_bits, act_bits, config=config),
+                  calibration_batches(setup.calibration, setup.tokenizer, init_batch, init_batch, seed))
     result = qat_and_score(qm.set_mode(weights=True, acts=True), setup, steps=steps, batch_size=batch_size, lr=lr,
                            seed=seed, progress=progress)
     return {"task": setup.task, "weight_bits": weight_bits, "act_bits": act_bits, **result, "steps": steps}
@@ -249,12 +242,9 @@ def weight_ptq(setup, weight_bits: int, seeds, config: dict | None = None) -> fl
     """W{bits}A32 PTQ with MSE weight ranges (median over seeds; only the weights are quantized)."""
     values = []
     for seed in seeds:
-        qm = wrap(setup.model, weight_bits, None, config=config or low_bit_config())
-        try:
-            calibrate(qm, batches_for(setup, RangeSetting(), seed))
-            values.append(setup.score(qm.set_mode(weights=True, acts=False)))
-        finally:
-            qm.remove()
+        qm = quantize(setup.model, recipe(weight_bits, None, config=config or low_bit_config()),
+                      batches_for(setup, RangeSetting(), seed))
+        values.append(setup.score(qm.set_mode(weights=True, acts=False)))
     return statistics.median(values)
 
 

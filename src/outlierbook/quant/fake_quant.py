@@ -35,18 +35,61 @@ class FakeQuantizer(nn.Module):
     def __init__(self, grid: Grid, estimator="current_minmax", granularity: Granularity | None = None, name: str = ""):
         super().__init__()
         self.grid = grid
+        self.register_buffer("permutation", None)
         self.granularity = granularity or Granularity()
         self.name = name
         self.estimator: RangeEstimator = make_estimator(estimator)
         if hasattr(self.estimator, "bind"):
             self.estimator.bind(grid)
-        self.observing = False
-        self.quantizing = False
+        # The switches are module state (like torch.ao's fake_quant_enabled / observer_enabled buffers),
+        # so a calibrated model's mode travels with its state_dict.
+        self.register_buffer("switches", torch.zeros(2, dtype=torch.uint8))
         self.learnable = False
         self.pact = False
         self.lsq_grad_scaling = True
         self.register_buffer("scale", None)
         self.register_buffer("zero", None)
+
+    # --------------------------------------------------------------- state
+    @property
+    def observing(self) -> bool:
+        return bool(self.switches[0])
+
+    @observing.setter
+    def observing(self, on: bool) -> None:
+        self.switches[0] = bool(on)
+
+    @property
+    def quantizing(self) -> bool:
+        return bool(self.switches[1])
+
+    @quantizing.setter
+    def quantizing(self, on: bool) -> None:
+        self.switches[1] = bool(on)
+
+    @property
+    def granularity(self) -> Granularity:
+        return self._granularity
+
+    @granularity.setter
+    def granularity(self, g: Granularity) -> None:
+        self._granularity = g
+        self.permutation = None if g.permutation is None else g.permutation.detach().clone()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """A calibrated state loads into an uncalibrated quantizer: ranges and a permutation not set yet
+        (``None`` buffers, which ``nn.Module`` would skip) are taken from the state."""
+        for key in ("scale", "zero", "permutation"):
+            value = state_dict.get(prefix + key)
+            if value is not None and getattr(self, key) is None:
+                self._buffers[key] = value.detach().clone()
+        if state_dict.get(prefix + "permutation") is not None:
+            from dataclasses import replace
+
+            self._granularity = replace(self._granularity, permutation=self._buffers["permutation"])
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     # --------------------------------------------------------------- observe / fix
     def observe(self, x: torch.Tensor) -> None:

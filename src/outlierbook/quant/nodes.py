@@ -120,6 +120,53 @@ def _apply(settings: NodeSettings, update: dict) -> NodeSettings:
     return NodeSettings(**values)
 
 
+def candidate_names(anat: Anatomy) -> dict:
+    """``{"act": {name: (kind, layer)}, "weight": [names]}``: every node a model of this anatomy can have."""
+    weights = [f"weight:{n}" for n in anat.weights]
+    if not anat.post_ln:
+        acts = {f"layer{i}.{kind}": (kind, i) for i in range(len(anat.layers)) for kind in OPT_LAYER_KINDS}
+        if anat.final_ln is not None:
+            acts["final.ln"] = ("final.ln", None)
+        return {"act": acts, "weight": weights}
+    acts = {"embeddings.sum": ("embeddings.sum", None), "embeddings.ln": ("embeddings.ln", None)}
+    for i in range(len(anat.layers)):
+        for kind in LAYER_KINDS:
+            acts[f"layer{i}.{kind}"] = (kind, i)
+    if anat.pooler is not None:
+        acts["pooler.output"] = ("pooler.output", None)
+    if anat.classifier is not None:
+        acts["classifier.output"] = ("classifier.output", None)
+    return {"act": acts, "weight": weights}
+
+
+def check_selectors(config: dict, names: dict, n_layers: int) -> None:
+    """Every selector of a node config must reach a node, kind or layer of the model."""
+    valid_names = set(names["act"]) | set(names["weight"])
+    layers = {f"layer{i}" for i in range(n_layers)}
+    for sel in config:
+        if sel in ("*", "weight:*") or sel in ALL_KINDS or sel in layers or sel in valid_names:
+            continue
+        if any(ch in sel for ch in "*?[") and any(fnmatch.fnmatchcase(n, sel) for n in valid_names):
+            continue
+        raise ConfigError(f"quantization config names {sel!r}, which is no node, kind or layer of this model; "
+                          f"kinds: {', '.join(ALL_KINDS)}; nodes look like 'layer0.ffn.residual' or 'weight:<module path>'")
+
+
+def settings_for(name, kind, layer, default: NodeSettings, config: dict) -> NodeSettings:
+    """The settings of one node: ``default`` updated by every selector of ``config`` that reaches it, in order."""
+    settings = default
+    for sel, update in config.items():
+        is_weight = name.startswith("weight:")
+        hit = (
+            (sel == "*" and not is_weight) or (sel == "weight:*" and is_weight) or sel == kind or sel == name
+            or (layer is not None and sel == f"layer{layer}")
+            or (any(ch in sel for ch in "*?[") and sel not in ("*", "weight:*") and fnmatch.fnmatchcase(name, sel))
+        )
+        if hit:
+            settings = _apply(settings, update)
+    return settings
+
+
 # ---------------------------------------------------------------------- activation node
 
 
@@ -257,46 +304,14 @@ class QuantizedModel(nn.Module):
         return name.replace(".", "__")
 
     def candidate_names(self) -> dict:
-        weights = [f"weight:{n}" for n in self.parts.weights]
-        if not self.parts.post_ln:
-            acts = {f"layer{i}.{kind}": (kind, i) for i in range(len(self.parts.layers)) for kind in OPT_LAYER_KINDS}
-            if self.parts.final_ln is not None:
-                acts["final.ln"] = ("final.ln", None)
-            return {"act": acts, "weight": weights}
-        acts = {"embeddings.sum": ("embeddings.sum", None), "embeddings.ln": ("embeddings.ln", None)}
-        for i in range(len(self.parts.layers)):
-            for kind in LAYER_KINDS:
-                acts[f"layer{i}.{kind}"] = (kind, i)
-        if self.parts.pooler is not None:
-            acts["pooler.output"] = ("pooler.output", None)
-        if self.parts.classifier is not None:
-            acts["classifier.output"] = ("classifier.output", None)
-        return {"act": acts, "weight": weights}
+        return candidate_names(self.parts)
 
     def _check_selectors(self, config: dict, names: dict) -> None:
-        valid_names = set(names["act"]) | set(names["weight"])
-        layers = {f"layer{i}" for i in range(len(self.parts.layers))}
-        for sel in config:
-            if sel in ("*", "weight:*") or sel in ALL_KINDS or sel in layers or sel in valid_names:
-                continue
-            if any(ch in sel for ch in "*?[") and any(fnmatch.fnmatchcase(n, sel) for n in valid_names):
-                continue
-            raise ConfigError(f"quantization config names {sel!r}, which is no node, kind or layer of this model; "
-                              f"kinds: {', '.join(ALL_KINDS)}; nodes look like 'layer0.ffn.residual' or 'weight:<module path>'")
+        check_selectors(config, names, len(self.parts.layers))
 
     @staticmethod
     def _settings_for(name, kind, layer, default: NodeSettings, config: dict) -> NodeSettings:
-        settings = default
-        for sel, update in config.items():
-            is_weight = name.startswith("weight:")
-            hit = (
-                (sel == "*" and not is_weight) or (sel == "weight:*" and is_weight) or sel == kind or sel == name
-                or (layer is not None and sel == f"layer{layer}")
-                or (any(ch in sel for ch in "*?[") and sel not in ("*", "weight:*") and fnmatch.fnmatchcase(name, sel))
-            )
-            if hit:
-                settings = _apply(settings, update)
-        return settings
+        return settings_for(name, kind, layer, default, config)
 
     def node(self, name: str) -> ActivationNode:
         key = self._key(name)

@@ -1,0 +1,10 @@
+"""Recipes: one validated description of a quantized model, and the one front door ``quantize``."""
+
+from .bits import Bits
+from .calibrators import EasyQuant, PegPermutation, Ranges, TokenWiseClipping, preserved
+from .quantize import quantize, transformed
+from .recipe import EMBEDDING_WEIGHTS, Recipe
+from .transforms import AttentionVariantTransform, GammaMigration
+
+__all__ = ["Bits", "Recipe", "quantize", "transformed", "Ranges", "PegPermutation", "TokenWiseClipping", "EasyQuant",
+           "GammaMigration", "AttentionVariantTransform", "preserved", "EMBEDDING_WEIGHTS"]
