@@ -195,3 +195,22 @@ def test_an_unsupported_family_is_refused_before_any_change():
     assert not any(hasattr(m, "parametrizations") for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert set(before) == set(model.state_dict())
+
+
+@torch.no_grad()
+def test_smoothquant_is_exact_with_the_shortcut_rescaled_and_not_without(family):
+    from outlierbook.recipe import SmoothQuant
+
+    model, batch = _model(family), _batch()
+    if family == "opt":
+        with pytest.raises(ConfigError, match="post-LN"):
+            SmoothQuant()(model, [batch])
+        return
+    ref = _hidden(model, batch)
+    exact = SmoothQuant()(model, [batch])
+    m = batch["attention_mask"].bool()
+    assert (_hidden(exact, batch) - ref)[m].abs().max() <= 1e-4 * max(1.0, float(ref.abs().max()))
+    if family != "electra":  # ELECTRA's embedding LN has no shortcut (the projection reads it alone)
+        broken = SmoothQuant(rescale_shortcut=False)(model, [batch])
+        assert (_hidden(broken, batch) - ref)[m].abs().max() > 1e-2
+    assert users(model) == [] and not any(m_._forward_pre_hooks for m_ in model.modules())  # the input is untouched

@@ -78,52 +78,70 @@ def migrate_gamma(model: nn.Module, ffn_ln: bool = True, mha_ln: bool = True, em
                           "(its LayerNorms feed the branches, not the residual stream)")
     if getattr(model, "_outlierbook_gamma_migrated", False):
         raise OutlierBookError("this model is already gamma-migrated; migrate a fresh copy")
-    migrated: list[str] = []
+    plan = [(label, ln, NonScalingLayerNorm(ln), readers)
+            for label, ln, readers in layernorm_readers(anat, embedding_ln, mha_ln, ffn_ln)]
+    new_of = {id(ln): new for _, ln, new, _ in plan}  # every LN is built before any is replaced
+    for label, ln, new, readers in plan:
+        readers.rescale(new.gamma, new_of)
+        replace_module(model, ln, new)
+    model._outlierbook_gamma_migrated = True
+    return [label for label, *_ in plan]
 
-    def replace(ln: nn.Module, new: nn.Module) -> None:
-        for parent in model.modules():
-            for name, child in parent.named_children():
-                if child is ln:
-                    setattr(parent, name, new)
-                    return
-        raise OutlierBookError("a LayerNorm of the anatomy is not a submodule of the model")
 
-    plan = []
+def replace_module(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if child is old:
+                setattr(parent, name, new)
+                return
+    raise OutlierBookError("a LayerNorm of the anatomy is not a submodule of the model")
 
-    def migrate(ln: nn.Module, consumers: list[nn.Linear], shortcut, sum_ln, label: str):
-        plan.append((ln, NonScalingLayerNorm(ln), consumers, shortcut, sum_ln, label))
 
+class Readers:
+    """Everything that reads one LayerNorm's output in a post-LN encoder: Linear ``consumers``, and the
+    residual shortcut — entering ``shortcut.module`` as an argument, or summed inside a block's forward
+    before ``sum_ln`` (then corrected there), or absent (ELECTRA's embedding projection)."""
+
+    def __init__(self, consumers, shortcut=None, sum_ln=None):
+        self.consumers, self.shortcut, self.sum_ln = list(consumers), shortcut, sum_ln
+
+    def rescale(self, s: torch.Tensor, new_of: dict | None = None, shortcut: bool = True) -> None:
+        """The LN's output is about to be divided by ``s``: multiply every reader by ``s``, so the model's
+        function is unchanged: $W\,\mathrm{diag}(s)$ for the consumers, shortcut $\cdot\, s$."""
+        with torch.no_grad():
+            for lin in self.consumers:
+                lin.weight.mul_(s)  # broadcasts over the input dimension: W diag(s)
+        if not shortcut:
+            return
+        if self.shortcut is not None:
+            self.shortcut.module.register_forward_pre_hook(_scale_shortcut(s, self.shortcut.arg))
+        elif self.sum_ln is not None:  # the hook goes on the LN that will be in the model (it may be replaced too)
+            seen: dict = {}
+            self.consumers[0].register_forward_pre_hook(_keep_input(seen))
+            (new_of or {}).get(id(self.sum_ln), self.sum_ln).register_forward_pre_hook(_correct_sum(s, seen))
+
+
+def layernorm_readers(anat, embedding_ln: bool = True, mha_ln: bool = True, ffn_ln: bool = True) -> list:
+    """``[(label, LayerNorm, Readers)]`` as in the authors' code: embedding LN → layer 0, each MHA-LN → its
+    FFN, each FFN-LN but the last → the next layer (the last feeds the pooler/head and is left alone)."""
+    out = []
     layers = anat.layers
     if embedding_ln:
         first = layers[0]
         if anat.embeddings_projection is not None:
-            migrate(anat.embeddings_ln, [anat.embeddings_projection], None, None, "embeddings.ln")
+            out.append(("embeddings.ln", anat.embeddings_ln, Readers([anat.embeddings_projection])))
         else:
-            migrate(anat.embeddings_ln, [first.query, first.key, first.value], first.attention_shortcut,
-                    first.attention_ln, "embeddings.ln")
+            out.append(("embeddings.ln", anat.embeddings_ln, Readers([first.query, first.key, first.value],
+                                                                     first.attention_shortcut, first.attention_ln)))
     for i, layer in enumerate(layers):
         if mha_ln:
-            migrate(layer.attention_ln, [layer.ffn_in], layer.ffn_shortcut, layer.ffn_ln, f"layer{i}.attention.ln")
+            out.append((f"layer{i}.attention.ln", layer.attention_ln,
+                        Readers([layer.ffn_in], layer.ffn_shortcut, layer.ffn_ln)))
         if ffn_ln and i + 1 < len(layers):
             nxt = layers[i + 1]
-            migrate(layer.ffn_ln, [nxt.query, nxt.key, nxt.value], nxt.attention_shortcut, nxt.attention_ln,
-                    f"layer{i}.ffn.ln")
-    new_of = {id(ln): new for ln, new, *_ in plan}  # every LN is built before any is replaced
-    for ln, new, consumers, shortcut, sum_ln, label in plan:
-        gamma = new.gamma
-        with torch.no_grad():
-            for lin in consumers:
-                lin.weight.mul_(gamma)  # broadcasts over the input dimension: W diag(γ)
-        if shortcut is not None:
-            shortcut.module.register_forward_pre_hook(_scale_shortcut(gamma, shortcut.arg))
-        elif sum_ln is not None:  # the hook goes on the LN that will be in the model (it may be migrated too)
-            seen: dict = {}
-            consumers[0].register_forward_pre_hook(_keep_input(seen))
-            new_of.get(id(sum_ln), sum_ln).register_forward_pre_hook(_correct_sum(gamma, seen))
-        replace(ln, new)
-        migrated.append(label)
-    model._outlierbook_gamma_migrated = True
-    return migrated
+            out.append((f"layer{i}.ffn.ln", layer.ffn_ln,
+                        Readers([nxt.query, nxt.key, nxt.value], nxt.attention_shortcut, nxt.attention_ln)))
+    return out
 
 
 def quantized_cosine(x: torch.Tensor, bits: int = 6) -> float:

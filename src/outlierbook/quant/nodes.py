@@ -120,6 +120,13 @@ def _apply(settings: NodeSettings, update: dict) -> NodeSettings:
     return NodeSettings(**values)
 
 
+def kind_of(name: str) -> str:
+    """``layer3.ffn.ln`` -> ``ffn.ln``; ``embeddings.ln`` -> ``embeddings.ln``; weights -> ``weight``."""
+    if name.startswith("weight:"):
+        return "weight"
+    return name.split(".", 1)[1] if name.startswith("layer") else name
+
+
 def candidate_names(anat: Anatomy) -> dict:
     """``{"act": {name: (kind, layer)}, "weight": [names]}``: every node a model of this anatomy can have."""
     weights = [f"weight:{n}" for n in anat.weights]

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..quant.nodes import kind_of
 
 BEFORE, RANGES, AFTER = "before", "ranges", "after"
 _STATE = ("estimator", "granularity", "observing", "quantizing", "learnable", "pact", "lsq_grad_scaling")
@@ -100,7 +101,7 @@ class PegPermutation(Calibrator):
 
     def check(self, recipe, anat, settings):
         grouped = [n for n, s in settings.items() if s.bits is not None and s.groups is not None
-                   and n.split(".", 1)[-1] in self.kinds]
+                   and kind_of(n) in self.kinds]
         if not grouped:
             raise ConfigError(f"PEG's permutation needs per-group nodes among {', '.join(self.kinds)}; give them "
                               "groups in the recipe's overrides, e.g. peg_config(6, kinds)")
@@ -129,7 +130,9 @@ class TokenWiseClipping(Calibrator):
             raise ConfigError(f"Token-Wise Clipping's grid is defined for activations at 4, 6 or 8 bits, "
                               f"not {recipe.bits.acts}")
         for name, s in settings.items():
-            if s.bits is not None and s.axis is not None and name.split(".", 1)[-1] not in self.exempt_kinds:
+            if name.startswith("weight:"):
+                continue
+            if s.bits is not None and s.axis is not None and kind_of(name) not in self.exempt_kinds:
                 raise ConfigError(f"Token-Wise Clipping gives one per-tensor range, but node {name} is per-channel "
                                   "or per-group; exempt its kind (TokenWiseClipping(exempt_kinds=(...)))")
         if self.fine_epochs < 0 or (self.max_candidates is not None and self.max_candidates < 1):
@@ -162,6 +165,14 @@ class EasyQuant(Calibrator):
     def check(self, recipe, anat, settings):
         if recipe.bits.weights is None or recipe.bits.acts is None:
             raise ConfigError("EasyQuant searches weight and activation scales together; quantize both")
+        grouped = [n for n, s in settings.items() if not n.startswith("weight:") and s.bits is not None
+                   and s.axis is not None]
+        if grouped:
+            raise ConfigError(f"EasyQuant searches one scale per activation node, but {grouped[0]} is per-channel or "
+                              "per-group (PEG); use one of the two")
+        if any(isinstance(c, TokenWiseClipping) for c in recipe.calibrators):
+            raise ConfigError("EasyQuant and Token-Wise Clipping both search the activation ranges after Ranges(); "
+                              "use one of them")
 
     def run(self, qm, batches):
         from ..methods.easyquant import easyquant

@@ -18,10 +18,11 @@ from ..errors import ConfigError
 from .recipe import Recipe
 
 
-def transformed(model, recipe: Recipe):
-    """The FP model after the recipe's transforms (a new model; ``model`` itself when there are none)."""
+def transformed(model, recipe: Recipe, batches=None):
+    """The FP model after the recipe's transforms (a new model; ``model`` itself when there are none).
+    Transforms that measure the model (SmoothQuant) use ``batches``."""
     for t in recipe.transforms:
-        model = t(model)
+        model = t(model, batches)
     return model
 
 
@@ -41,9 +42,10 @@ def quantize(model, recipe: Recipe, batches=(), calibration: dict | None = None,
     if unknown:
         raise ConfigError(f"calibration batches for {', '.join(sorted(unknown))}, which the recipe does not run; "
                           f"its calibrators: {', '.join(c.name for c in recipe.calibrators)}")
-    if not batches and recipe.bits.acts is not None:
-        raise ConfigError("quantizing activations needs calibration batches (from the training split)")
-    target = transformed(model, recipe)
+    if not batches and (recipe.bits.acts is not None or any(t.needs_batches for t in recipe.transforms)):
+        raise ConfigError("quantizing activations (or a transform that measures the model) needs calibration "
+                          "batches from the training split")
+    target = transformed(model, recipe, batches)
     if target is model and copy_model:
         target = copy.deepcopy(model)
     qm = recipe.wrap(target)

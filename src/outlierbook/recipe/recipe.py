@@ -26,8 +26,8 @@ from types import MappingProxyType
 from ..errors import ConfigError
 from ..models.anatomy import Anatomy, anatomy
 from ..quant.estimators import make_estimator
-from ..quant.nodes import (OPT_PLACEMENTS, PLACEMENTS, NodeSettings, candidate_names, check_selectors, quantize_model,
-                           settings_for)
+from ..quant.nodes import (OPT_PLACEMENTS, PLACEMENTS, NodeSettings, candidate_names, check_selectors, kind_of,
+                           quantize_model, settings_for)
 from ..quant.quantizer import check_bits
 from .bits import Bits
 from .calibrators import AFTER, BEFORE, RANGES, Calibrator, Ranges
@@ -62,6 +62,10 @@ class Recipe:
         for c in self.calibrators:
             if not isinstance(c, Calibrator):
                 raise ConfigError(f"{c!r} is not a calibrator; use e.g. Ranges() or TokenWiseClipping()")
+        kinds = [type(t).__name__ for t in self.transforms]
+        twice = sorted({k for k in kinds if kinds.count(k) > 1})
+        if twice:
+            raise ConfigError(f"{', '.join(twice)} appears twice among the transforms; apply each transform once")
         stages = [c.stage for c in self.calibrators]
         if stages.count(RANGES) != 1:
             raise ConfigError("a recipe sets ranges exactly once: include one Ranges() among its calibrators")
@@ -128,7 +132,7 @@ class Recipe:
             make_estimator(s.estimator)
             if name.startswith("weight:") or s.axis is None:
                 continue
-            kind = name.split(".", 1)[-1]
+            kind = kind_of(name)
             if kind in ("attention.scores", "attention.probs"):
                 raise ConfigError(f"{name}: per-channel/group ranges are not supported on attention matrices; "
                                   "leave that kind per tensor")

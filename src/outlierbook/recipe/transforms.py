@@ -7,6 +7,8 @@ transform does not apply to a model (Gamma Migration on a pre-LN decoder, say).
 
 - :class:`GammaMigration` — Outlier Suppression's γ migration (:mod:`outlierbook.methods.gamma_migration`):
   exact in FP, it moves each LayerNorm's γ into the next Linear layers and the residual shortcut.
+- :class:`SmoothQuant` — SmoothQuant's per-channel smoothing, measured on calibration data; on a post-LN
+  encoder exact only with the shortcut rescaled too (:mod:`outlierbook.methods.smoothing`).
 - :class:`AttentionVariantTransform` — Quantizable Transformers' clipped softmax and/or gate installed on
   a copy; not function-preserving in general (a pretrained model computes a different function with a
   clipped softmax), which its ``exact`` flag says.
@@ -26,20 +28,23 @@ from ..models.anatomy import Anatomy
 class Transform:
     name = "transform"
     exact = True  # the new model computes the same function (tested for every exact transform)
+    needs_batches = False  # True: the transform measures the FP model on calibration data
 
     def check(self, anat: Anatomy) -> None:
         """Raise ConfigError if the transform does not apply to a model of this anatomy."""
 
-    def apply(self, model: nn.Module) -> None:
+    def apply(self, model: nn.Module, batches=None) -> None:
         """Edit ``model`` in place (called on a copy)."""
         raise NotImplementedError
 
-    def __call__(self, model: nn.Module) -> nn.Module:
+    def __call__(self, model: nn.Module, batches=None) -> nn.Module:
         from ..models.anatomy import anatomy
 
         self.check(anatomy(model))
+        if self.needs_batches and not batches:
+            raise ConfigError(f"the {self.name} transform measures the model on calibration batches; pass them")
         new = copy.deepcopy(model)
-        self.apply(new)
+        self.apply(new, batches)
         return new
 
 
@@ -63,7 +68,7 @@ class GammaMigration(Transform):
                 raise ConfigError("a LayerNorm has |γ| < 1e-6, so β/γ would blow up; Gamma Migration needs γ ≠ 0 "
                                   "(switch that LayerNorm off, e.g. GammaMigration(ffn_ln=False))")
 
-    def apply(self, model: nn.Module) -> None:
+    def apply(self, model: nn.Module, batches=None) -> None:
         from ..methods.gamma_migration import migrate_gamma
 
         migrate_gamma(model, ffn_ln=self.ffn_ln, mha_ln=self.mha_ln, embedding_ln=self.embedding_ln)
@@ -86,7 +91,34 @@ class AttentionVariantTransform(Transform):
         if self.variant.gate is not None and anat.hidden % anat.heads:
             raise ConfigError(f"a gate needs the width {anat.hidden} to be divisible by the {anat.heads} heads")
 
-    def apply(self, model: nn.Module) -> None:
+    def apply(self, model: nn.Module, batches=None) -> None:
         from ..models.attention_variants import install
 
         install(model, self.variant)
+
+
+@dataclass(frozen=True)
+class SmoothQuant(Transform):
+    """SmoothQuant's per-channel smoothing of every LayerNorm → readers pair (:mod:`outlierbook.methods.smoothing`),
+    measured on the calibration batches. ``rescale_shortcut=False`` is ``smooth_ln_fcs`` as written for
+    pre-LN decoders — not exact on a post-LN encoder, hence ``exact`` follows it."""
+
+    alpha: float = 0.5
+    rescale_shortcut: bool = True
+    name = "smoothquant"
+    needs_batches = True
+
+    @property
+    def exact(self) -> bool:
+        return self.rescale_shortcut
+
+    def check(self, anat: Anatomy) -> None:
+        if not anat.post_ln:
+            raise ConfigError("this SmoothQuant transform is written for post-LN encoders")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"SmoothQuant's alpha must lie in [0, 1], got {self.alpha}")
+
+    def apply(self, model: nn.Module, batches=None) -> None:
+        from ..methods.smoothing import smooth
+
+        smooth(model, batches, self.alpha, self.rescale_shortcut)
