@@ -51,9 +51,9 @@ def _fits(value, examples: list) -> bool:
             return True
         if isinstance(example, (list, tuple)) and isinstance(value, (list, tuple)):
             elements = [e for e in example if e is not None]
-            if not elements or not value:
+            if not elements or not value or all(_fits(v, elements) for v in value):
                 return True
-            return all(_fits(v, elements) for v in value)
+            continue  # another example may still fit
     return False
 
 
@@ -123,17 +123,20 @@ def _node_kind(name, value):
 
 
 def _bits(name, value):
-    if not 2 <= value <= 16:
+    if isinstance(value, (list, tuple)):  # bit-width settings such as ["W8A8", "W6A6E8"]
+        return _wea_bits(name, value)
+    if value is not None and not 2 <= value <= 16:
         raise ConfigError(f"parameter {name} is a bit-width from 2 to 16, got {value}")
 
 
 def _wea_bits(name, value):
-    from .experiments.outlier_suppression import Bits
+    from .recipe.bits import Bits
 
     for text in value:
-        bits = Bits.parse(text)
-        for b in (bits.weights, bits.embeddings, bits.acts):
-            _bits(name, b)
+        try:
+            Bits.parse(text)
+        except ConfigError as exc:
+            raise ConfigError(f"parameter {name}: {exc}") from None
 
 
 def _estimators(name, value):

@@ -103,6 +103,14 @@ CHAPTERS: tuple[Chapter, ...] = (
             "as_values": [-3.0, -2.0, -1.0, 0.0], "sum_values": [200.0, 400.0, 800.0, 1600.0, 3200.0, 6400.0, 12800.0, 25600.0],
             "combined_pairs": [[-3.0, 200.0], [-1.0, 1600.0], [0.0, 12800.0]]}},
     ),
+    Chapter(
+        id="08_composing",
+        title="Composing the methods",
+        timeout=12 * 3600,  # full profile: one cell runs every recipe on four tasks with three seeds
+        needs=("sst2", "mrpc", "rte"),
+        profiles={"quick": {}, "full": {"tasks": ["stsb", "sst2", "mrpc", "rte"], "eval_limit": None, "n_calib": 256,
+                                        "seeds": [0, 1, 2], "twc_max_candidates": None}},
+    ),
 )
 
 

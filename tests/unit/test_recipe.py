@@ -226,3 +226,22 @@ def test_quantize_model_and_recipe_wrap_agree(tiny_bert):
     a = quantize_model(copy.deepcopy(model), placement="os", weight_bits=6, act_bits=6, act_estimator="avg_minmax")
     b = Recipe(bits="W6A6", placement="os", act_estimator="avg_minmax").wrap(copy.deepcopy(model))
     assert a.summary() == b.summary()
+
+
+@torch.no_grad()
+def test_smoothing_after_gamma_migration_and_the_reverse(tiny_bert):
+    """SmoothQuant then GM is GM (GM divides by whatever γ is there); GM then SmoothQuant is exact and different."""
+    from outlierbook.analysis.capture import capture_activations
+    from outlierbook.recipe import SmoothQuant
+    from outlierbook.recipe.quantize import transformed
+
+    model, batch = tiny_bert
+    ref = model(**batch).logits
+    tensors = {}
+    for label, ts in {"gm": (GammaMigration(),), "sq+gm": (SmoothQuant(), GammaMigration()),
+                      "gm+sq": (GammaMigration(), SmoothQuant())}.items():
+        m = transformed(model, Recipe(transforms=ts), [batch])
+        assert (m(**batch).logits - ref).abs().max() <= 1e-4
+        tensors[label] = capture_activations(m, [batch], names=["layer0.attention.ln"], placement="os")["layer0.attention.ln"]
+    assert torch.allclose(tensors["sq+gm"], tensors["gm"], atol=1e-4)
+    assert not torch.allclose(tensors["gm+sq"], tensors["gm"], atol=1e-2)

@@ -84,6 +84,9 @@ def test_staleness_check(tmp_path, monkeypatch):
     (["run", "01_quantization_primer", "--set", "data_source=web"], "must be 'local'"),
     (["run", "06_quantizable", "--set", "act_estimators=[[percentile, {q: 99.9}]]"], "takes no argument 'q'; it takes: p"),
     (["run", "05_outlier_suppression", "--set", "table4_bits=[6-6]"], "are not understood; write them as W8A8"),
+    (["run", "08_composing", "--set", "bits=[W8X8]"], "parameter bits: bit-widths 'W8X8' are not understood"),
+    (["run", "08_composing", "--set", "bits=[W8A40]"], "parameter bits: bit-width 40 is outside"),
+    (["run", "08_composing", "--set", "bits=8"], "parameter bits must be a list"),
     (["run", "04_understanding", "--set", "act_settings=[[mse, 4]]"], "must be [estimator, batches, batch size]"),
 ])
 def test_cli_parameters_are_type_and_domain_checked_before_any_compute(argv, message, capsys, monkeypatch, tmp_path):

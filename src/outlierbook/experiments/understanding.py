@@ -180,7 +180,8 @@ def configured_ptq(setup, seeds, configs: dict[str, dict], weight_bits=8, act_bi
         kinds = peg_kinds.get(label) if peg_kinds else None
         for seed in seeds:
             qm = quantize(setup.model, recipe(weight_bits, act_bits, config=config, peg_kinds=kinds),
-                          batches_for(setup, RangeSetting(), seed), calibration={"peg_permutation": perm_batches})
+                          batches_for(setup, RangeSetting(), seed),
+                          calibration={"peg_permutation": perm_batches} if kinds else None)
             values.append(setup.score(qm.set_mode(weights=True, acts=True)))
             share = sixteen_bit_share(qm)
         rows.append({"task": setup.task, "config": label, "value": statistics.median(values),

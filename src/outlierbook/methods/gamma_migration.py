@@ -34,9 +34,19 @@ class NonScalingLayerNorm(nn.Module):
         self.normalized_shape, self.eps = ln.normalized_shape, ln.eps
         self.register_buffer("gamma", gamma.clone())
         self.register_buffer("bias_over_gamma", (beta / gamma).clone())
+        self.register_buffer("inverse_scale", None)  # set by a later smoothing (divide)
+
+    def divide(self, s: torch.Tensor) -> None:
+        """Divide the output by ``s`` per channel (a smoothing applied after the migration)."""
+        inv = 1.0 / s
+        self.inverse_scale = inv if self.inverse_scale is None else self.inverse_scale * inv
+        self.bias_over_gamma = self.bias_over_gamma * inv
 
     def forward(self, x):
-        return nn.functional.layer_norm(x, self.normalized_shape, None, None, self.eps) + self.bias_over_gamma
+        y = nn.functional.layer_norm(x, self.normalized_shape, None, None, self.eps)
+        if self.inverse_scale is not None:
+            y = y * self.inverse_scale
+        return y + self.bias_over_gamma
 
 
 def _scale_shortcut(gamma: torch.Tensor, arg: int):

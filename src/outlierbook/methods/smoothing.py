@@ -53,11 +53,14 @@ def smooth(model: nn.Module, batches, alpha: float = 0.5, rescale_shortcut: bool
     acts = capture_activations(model, batches, names=[label for label, *_ in pairs], placement="os")
     scales = {}
     for label, ln, readers in pairs:
-        w_max = torch.cat([lin.weight.detach().abs() for lin in readers.consumers]).amax(0)
+        w_max = torch.cat([lin.weight.detach().abs() for lin in readers.consumers]).amax(0)  # over output rows
         scales[label] = smoothing_scales(acts[label].abs().amax(0), w_max, alpha)
     for label, ln, readers in pairs:  # measure everything first: the maxima are those of the FP model
         s = scales[label]
-        ln.weight.div_(s)
-        ln.bias.div_(s)
+        if hasattr(ln, "divide"):  # an already migrated (non-scaling) LayerNorm
+            ln.divide(s)
+        else:
+            ln.weight.div_(s)
+            ln.bias.div_(s)
         readers.rescale(s, shortcut=rescale_shortcut)
     return scales

@@ -61,11 +61,11 @@ class GammaMigration(Transform):
         if not anat.post_ln:
             raise ConfigError(f"Gamma Migration needs a post-LN encoder; the {anat.family} model is pre-LN "
                               "(its LayerNorms feed the branches, not the residual stream)")
-        lns = ([anat.embeddings_ln] if self.embedding_ln else []) + [
-            ln for layer in anat.layers for ln, on in ((layer.attention_ln, self.mha_ln), (layer.ffn_ln, self.ffn_ln)) if on]
-        for ln in lns:
+        from ..methods.gamma_migration import layernorm_readers
+
+        for label, ln, _ in layernorm_readers(anat, self.embedding_ln, self.mha_ln, self.ffn_ln):
             if ln.weight.detach().abs().min() < 1e-6:
-                raise ConfigError("a LayerNorm has |γ| < 1e-6, so β/γ would blow up; Gamma Migration needs γ ≠ 0 "
+                raise ConfigError(f"{label} has |γ| < 1e-6, so β/γ would blow up; Gamma Migration needs γ ≠ 0 "
                                   "(switch that LayerNorm off, e.g. GammaMigration(ffn_ln=False))")
 
     def apply(self, model: nn.Module, batches=None) -> None:

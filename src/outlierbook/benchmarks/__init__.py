@@ -1,0 +1,1 @@
+"""Benchmarks: speed and size ratios measured side by side in one run (never timed tests)."""

@@ -1,0 +1,46 @@
+"""Per-experiment memo: a long run that stops loses at most the experiment in progress.
+
+``Memo(chapter, profile)`` keeps one small JSON file per finished experiment under
+``<cache>/memo/<chapter>/<profile>/<src hash>/``, named by a digest of the experiment's key, written
+atomically. The library's source hash is part of the folder, so a code change never reuses a result
+computed by other code. ``memo(key, compute)`` returns the stored value or computes, stores and returns it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .atomic import atomic_write_text
+from .paths import cache_dir
+
+
+class Memo:
+    def __init__(self, chapter: str, profile: str, enabled: bool = True):
+        from .runner import src_hash
+
+        self.folder: Path = cache_dir() / "memo" / chapter / profile / src_hash()
+        self.enabled = enabled
+        self.hits = self.misses = 0
+
+    def _path(self, key: dict) -> Path:
+        text = json.dumps(key, sort_keys=True, default=str)
+        return self.folder / (hashlib.sha256(text.encode()).hexdigest()[:20] + ".json")
+
+    def __call__(self, key: dict, compute):
+        path = self._path(key)
+        if self.enabled and path.is_file():
+            try:
+                stored = json.loads(path.read_text())
+                if stored.get("key") == json.loads(json.dumps(key, sort_keys=True, default=str)):
+                    self.hits += 1
+                    return stored["value"]
+            except (json.JSONDecodeError, KeyError):
+                pass  # a damaged file is recomputed
+        value = compute()
+        self.misses += 1
+        if self.enabled:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps({"key": key, "value": value}, sort_keys=True, default=str))
+        return value

@@ -1,0 +1,35 @@
+"""The per-experiment memo: a stopped run resumes without recomputing finished experiments."""
+
+import json
+
+from outlierbook.memo import Memo
+
+
+def test_a_finished_experiment_is_not_recomputed_and_a_damaged_one_is(tmp_path, monkeypatch):
+    monkeypatch.setenv("OUTLIERBOOK_CACHE", str(tmp_path))
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"value": 1.5}
+
+    memo = Memo("08_composing", "full")
+    key = {"task": "stsb", "bits": "W6A6", "recipe": "GM + TWC", "seed": 0}
+    assert memo(key, compute) == {"value": 1.5} and memo(key, compute) == {"value": 1.5}
+    assert len(calls) == 1
+    again = Memo("08_composing", "full")  # a new run (a resumed one) finds it
+    assert again(key, compute) == {"value": 1.5} and len(calls) == 1 and again.hits == 1
+    assert again({**key, "seed": 1}, compute) and len(calls) == 2  # another key is another experiment
+    [path] = [p for p in memo.folder.iterdir() if json.loads(p.read_text())["key"]["seed"] == 0]
+    path.write_text("{ cut off")  # a damaged file (cannot happen through the atomic write, but still)
+    assert again(key, compute) == {"value": 1.5} and len(calls) == 3
+    assert not any(p.name.startswith(".") for p in memo.folder.iterdir())  # no temporary files left
+
+
+def test_memo_folders_are_per_chapter_profile_and_code(tmp_path, monkeypatch):
+    monkeypatch.setenv("OUTLIERBOOK_CACHE", str(tmp_path))
+    a, b = Memo("08_composing", "quick"), Memo("08_composing", "full")
+    assert a.folder != b.folder and a.folder.parent.parent == b.folder.parent.parent
+    from outlierbook.runner import src_hash
+
+    assert a.folder.name == src_hash()
