@@ -136,3 +136,25 @@ def test_group_counts_divide_any_width():
     assert group_counts(64) == (4, 8) and group_counts(1024) == (4, 8)
     for width in range(1, 200):
         assert all(width % k == 0 for k in group_counts(width))
+
+
+def test_the_inference_path_of_fake_quantize_is_bit_identical_to_the_autograd_path():
+    """Without gradients fake_quantize runs fused, in place; it must give exactly the STE path's values."""
+    from outlierbook.quant.quantizer import fake_quantize
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        x = torch.randn(32, 50, generator=g) * float(10 ** (torch.rand(1, generator=g) * 6 - 3))
+        if trial % 2:
+            s = torch.rand(32, 1, generator=g) + 1e-4
+            z = torch.randint(0, 255, (32, 1), generator=g).float()
+        else:
+            s = torch.rand((), generator=g) + 1e-4
+            z = torch.randint(0, 255, (), generator=g).float()
+        qmin, qmax = (0, 255) if trial % 3 else (-128, 127)
+        z = z * 0 if trial % 3 == 0 else z
+        with torch.no_grad():
+            fast = fake_quantize(x, s, z, qmin, qmax)
+        slow = fake_quantize(x.clone().requires_grad_(True), s, z, qmin, qmax).detach()
+        assert torch.equal(fast, slow)
+        assert not torch.equal(fast, x) or x.abs().max() == 0  # it did quantize
