@@ -245,3 +245,14 @@ def test_smoothing_after_gamma_migration_and_the_reverse(tiny_bert):
         tensors[label] = capture_activations(m, [batch], names=["layer0.attention.ln"], placement="os")["layer0.attention.ln"]
     assert torch.allclose(tensors["sq+gm"], tensors["gm"], atol=1e-4)
     assert not torch.allclose(tensors["gm+sq"], tensors["gm"], atol=1e-2)
+
+
+def test_the_composing_chapters_exactness_table(tiny_bert):
+    from outlierbook.experiments.composing import transform_exactness
+
+    model, batch = tiny_bert
+    table, scale = transform_exactness(model, [batch], "layer0.attention.ln")
+    assert list(table.index) == ["GM", "SQ", "SQ, shortcut not rescaled", "SQ then GM", "GM then SQ"]
+    assert table.loc["GM", "Δ output"] <= 1e-4 * max(1.0, scale) and table.loc["GM", "Δ tensor vs GM"] == 0
+    assert table.loc["SQ, shortcut not rescaled", "Δ output"] > 1e-2 * max(1.0, scale)
+    assert table.loc["SQ then GM", "Δ tensor vs GM"] <= 1e-3 < table.loc["GM then SQ", "Δ tensor vs GM"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import statistics
 
 import pandas as pd
+import torch
 from tqdm import tqdm
 
 from ..memo import Memo
@@ -103,6 +104,38 @@ def naq_on_top(setup, batches, t_qp: float = 0.0, t_as: float = -3.0, t_sum: flo
     value = setup.score(naq)
     m = macs_from_counts(naq.stats, setup.model.config)
     return {"task": setup.task, "W8A8": w8a8, "W8A8 + NAQ": value, "avoided_share": m["avoided_share"]}
+
+
+TRANSFORM_ORDERS = {  # short label -> transforms, in the order they are applied
+    "GM": (GammaMigration(),),
+    "SQ": (SmoothQuant(),),
+    "SQ, shortcut not rescaled": (SmoothQuant(rescale_shortcut=False),),
+    "SQ then GM": (SmoothQuant(), GammaMigration()),
+    "GM then SQ": (GammaMigration(), SmoothQuant()),
+}
+
+
+@torch.no_grad()
+def transform_exactness(model, batches, node: str) -> tuple[pd.DataFrame, float]:
+    """Per transform order of :data:`TRANSFORM_ORDERS`: the largest change of the encoder's output on the first
+    batch's real tokens, the largest difference of the quantized tensor ``node`` from Gamma Migration's, and
+    that tensor's largest magnitude. Also returns the output's largest magnitude (the scale to read them by)."""
+    from ..analysis.capture import capture_activations
+
+    probe = batches[0]
+    real = probe["attention_mask"].bool()
+
+    def output(m):
+        return m(**probe, output_hidden_states=True).hidden_states[-1][real]
+
+    reference = output(model)
+    models = {label: transformed(model, Recipe(transforms=ts), batches) for label, ts in TRANSFORM_ORDERS.items()}
+    tensors = {label: capture_activations(m, [probe], names=[node], placement="os")[node] for label, m in models.items()}
+    table = pd.DataFrame([{"transforms": label, "Δ output": float((output(m) - reference).abs().max()),
+                           "Δ tensor vs GM": float((tensors[label] - tensors["GM"]).abs().max()),
+                           "max |tensor|": float(tensors[label].abs().max())}
+                          for label, m in models.items()]).set_index("transforms")
+    return table, float(reference.abs().max())
 
 
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
