@@ -47,12 +47,14 @@ def test_qat_and_score_scores_before_and_after_and_always_unwraps(char_tokenizer
             return float(qm(**dev).logits[:, 1].sum())
 
     setup = types.SimpleNamespace(calibration=train, tokenizer=tok, score=score)
-    qm = calibrate(quantize_model(model, weight_bits=4, act_bits=8), [dev]).set_mode(True, True)
+    from outlierbook.recipe import Recipe, quantize
+
+    qm = quantize(model, Recipe(bits="W4A8"), [dev])
     ptq = score(qm)
     out = qat_and_score(qm, setup, steps=3, batch_size=6, lr=1e-2, progress=False)
     assert out["ptq"] == ptq and out["value"] != ptq and out["final_loss"] > 0
     assert not hasattr(model.bert.encoder.layer[0].intermediate.dense, "parametrizations")  # unwrapped
-    qm = calibrate(quantize_model(model, weight_bits=4, act_bits=8), [dev]).set_mode(True, True)
+    qm = quantize(model, Recipe(bits="W4A8"), [dev])
     bad = types.SimpleNamespace(calibration=TaskData("sst2", "dev", texts, None, [0] * 24), tokenizer=tok, score=score)
     with pytest.raises(OutlierBookError):
         qat_and_score(qm, bad, steps=1, progress=False)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from ..quant.nodes import quantize_model
-
 
 @torch.no_grad()
 def record(qm, nodes, batches) -> dict[str, list[torch.Tensor]]:
@@ -31,13 +29,12 @@ def record(qm, nodes, batches) -> dict[str, list[torch.Tensor]]:
 def capture_activations(model, batches, names=None, placement: str = "bondarenko") -> dict[str, torch.Tensor]:
     """``{node name: [tokens, features]}`` of the FP model on ``batches`` (padding excluded).
 
-    Wraps the model with unquantized nodes (so the function is unchanged), records, unwraps.
-    Attention matrices are returned flattened.
+    Records through unquantized nodes (``W32A32``: the function is unchanged) on a copy of the model made
+    by the one front door, so ``model`` itself is never wrapped. Attention matrices are returned flattened.
     """
-    qm = quantize_model(model, placement=placement, weight_bits=None, act_bits=None)
-    try:
-        wanted = qm.node_names() if names is None else list(names)
-        recorded = record(qm, [qm.node(n) for n in wanted], batches)
-        return {name: torch.cat(chunks) for name, chunks in recorded.items()}
-    finally:
-        qm.remove()
+    from ..recipe import Recipe, quantize
+
+    qm = quantize(model, Recipe(bits="W32A32", placement=placement))
+    wanted = qm.node_names() if names is None else list(names)
+    recorded = record(qm, [qm.node(n) for n in wanted], batches)
+    return {name: torch.cat(chunks) for name, chunks in recorded.items()}

@@ -54,16 +54,14 @@ def qat(qm: QuantizedModel, train: TaskData, tokenizer, steps: int, batch_size: 
 def qat_and_score(qm: QuantizedModel, setup, steps: int, batch_size: int = 32, lr: float = 2e-5, seed: int = 0,
                   pact: bool = False, progress: bool = True) -> dict:
     """Score the PTQ-initialised wrapper ``qm`` (W+A mode) on ``setup``, train it with :func:`qat` on the
-    setup's training data, score it again, and always unwrap it.
+    setup's training data and score it again. ``qm`` comes from :func:`outlierbook.recipe.quantize`, so it
+    wraps a copy of the FP model and nothing needs unwrapping.
 
     Returns ``{"ptq", "value", "final_loss"}`` (the last value is the mean of the last 10 losses).
     """
-    try:
-        ptq = setup.score(qm)
-        losses = qat(qm, setup.calibration, setup.tokenizer, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                     pact=pact, progress=progress)
-        qm.eval()
-        value = setup.score(qm)
-    finally:
-        qm.remove()
+    ptq = setup.score(qm)
+    losses = qat(qm, setup.calibration, setup.tokenizer, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                 pact=pact, progress=progress)
+    qm.eval()
+    value = setup.score(qm)
     return {"ptq": ptq, "value": value, "final_loss": sum(losses[-10:]) / max(len(losses[-10:]), 1)}

@@ -31,6 +31,18 @@ def grad_scale(t: torch.Tensor, g: float) -> torch.Tensor:
     return (t - t * g).detach() + t * g
 
 
+def _switch(index: int, doc: str) -> property:
+    """A boolean view of one entry of the ``switches`` buffer."""
+
+    def get(self) -> bool:
+        return bool(self.switches[index])
+
+    def set(self, on: bool) -> None:
+        self.switches[index] = bool(on)
+
+    return property(get, set, doc=doc)
+
+
 class FakeQuantizer(nn.Module):
     def __init__(self, grid: Grid, estimator="current_minmax", granularity: Granularity | None = None, name: str = ""):
         super().__init__()
@@ -51,21 +63,8 @@ class FakeQuantizer(nn.Module):
         self.register_buffer("zero", None)
 
     # --------------------------------------------------------------- state
-    @property
-    def observing(self) -> bool:
-        return bool(self.switches[0])
-
-    @observing.setter
-    def observing(self, on: bool) -> None:
-        self.switches[0] = bool(on)
-
-    @property
-    def quantizing(self) -> bool:
-        return bool(self.switches[1])
-
-    @quantizing.setter
-    def quantizing(self, on: bool) -> None:
-        self.switches[1] = bool(on)
+    observing = _switch(0, "True while calibration feeds the estimator")
+    quantizing = _switch(1, "True while forward returns the quantized tensor")
 
     @property
     def granularity(self) -> Granularity:
