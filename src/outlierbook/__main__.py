@@ -40,6 +40,28 @@ def _prepare(profile: str, chapter_ids: list[str]) -> None:
         print(f"[prepare] {task}: dev {finetune_info(cfg).get('dev')}", flush=True)
 
 
+def _select_finetune(tasks: list[str], model: str | None) -> int:
+    from .data.glue import task_spec
+    from .nbsetup import quiet_libraries, seed_everything, set_environment
+
+    names = [task_spec(t).name for t in tasks]  # unknown task names fail here, before any compute
+    set_environment()
+    seed_everything(0)
+    quiet_libraries()
+    from .models.load import EMBEDDED
+    from .models.selection import select_finetune, selection_path
+
+    for name in names:
+        print(f"[select-finetune] {name}: searching on held-out training data", flush=True)
+        record = select_finetune(name, model or EMBEDDED)
+        dev = record["dev"]
+        print(f"[select-finetune] {name}: chose lr {record['chosen']['lr']:g}, {record['chosen']['epochs']} epochs; "
+              f"dev {dev['metric']} {dev['value']:.2f} vs majority {dev['majority']:.2f} "
+              f"({'competent' if dev['competent'] else 'NOT competent'}) -> {selection_path(name, model or EMBEDDED)}",
+              flush=True)
+    return 0
+
+
 def _sanitize_file():
     from .paths import repo_root
 
@@ -65,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("pytest_args", nargs="*")
     p = sub.add_parser("book")
     p.add_argument("--profile", default="quick")
+    p = sub.add_parser("select-finetune", help="choose a task's full fine-tuning budget on held-out training data")
+    p.add_argument("tasks", nargs="+")
+    p.add_argument("--model", default=None, help="hub id or local folder (default: the embedded model)")
     args = parser.parse_args(argv)
 
     try:
@@ -101,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[run] {chapter.id}: wrote {out.relative_to(out.parents[1])} "
                       f"in {time.perf_counter() - t0:.0f} s", flush=True)
             return 0
+        if args.command == "select-finetune":
+            return _select_finetune(args.tasks, args.model)
         if args.command == "check":
             found = runner.problems(args.profile)
             for line in found:

@@ -148,10 +148,13 @@ class FinetuneConfig:
     weight_decay: float = 0.01
     max_length: int = 128
     seed: int = 0
+    schedule_steps: int | None = None  # length of the linear decay when the run stops earlier (None: ``steps``)
 
     def key(self) -> str:
         d = asdict(self)
         d["model"] = short_name(self.model)
+        if d["schedule_steps"] is None:
+            del d["schedule_steps"]  # keys of runs stopping at the schedule's end are unchanged
         digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
         return f"steps{self.steps}-seed{self.seed}-{digest}"
 
@@ -168,13 +171,25 @@ BUDGETS = {
 
 
 def budget(task: str, profile: str, **overrides) -> FinetuneConfig:
+    """The fine-tuning run of ``task`` in ``profile``.
+
+    Quick: the step budgets above. Full: the same, unless a budget was chosen on held-out training data for
+    this model and task (:mod:`outlierbook.models.selection`, stored under ``results/fp_models/``); then
+    its learning rate, batch size and epochs, converted to steps of the whole training split."""
     if profile not in BUDGETS:
         raise ConfigError(f"unknown profile {profile!r}; use one of: {', '.join(BUDGETS)}")
     name = task_spec(task).name
-    return replace(FinetuneConfig(task=name, steps=BUDGETS[profile][name]), **overrides)
+    cfg = FinetuneConfig(task=name, steps=BUDGETS[profile][name])
+    if profile == "full":
+        from .selection import selected_config
+
+        chosen = selected_config(name, overrides.get("model", cfg.model))
+        cfg = chosen if chosen is not None else cfg
+    return replace(cfg, **overrides)
 
 
-def finetune(cfg: FinetuneConfig, train: TaskData | None = None, progress: bool = True, data_source: str = "local"):
+def finetune(cfg: FinetuneConfig, train: TaskData | None = None, progress: bool = True, data_source: str = "local",
+             after_step=None):
     """Fine-tune encoder + a fresh head (see :mod:`outlierbook.models.training` for the loop).
 
     Returns the trained model (eval mode) and the loss curve.
@@ -188,7 +203,8 @@ def finetune(cfg: FinetuneConfig, train: TaskData | None = None, progress: bool 
     model = load_classifier(cfg.model, num_labels=spec.num_labels)
     loader = train_loader(train, tokenizer, cfg.steps, cfg.batch_size, cfg.max_length, cfg.seed)
     return train_loop(model, loader, decay_groups(model, cfg.weight_decay), cfg.lr, cfg.steps, cfg.warmup,
-                      desc=f"fine-tune {spec.name}", progress=progress)
+                      desc=f"fine-tune {spec.name}", progress=progress, schedule_steps=cfg.schedule_steps,
+                      after_step=after_step)
 
 
 def get_finetuned(cfg: FinetuneConfig, progress: bool = True, data_source: str = "local"):

@@ -54,14 +54,23 @@ def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def train_loop(model, loader, groups: list[dict], lr: float, steps: int, warmup: float, desc: str,
-               progress: bool = True):
-    """Run the loop; returns ``(unwrapped model in eval mode, per-step losses)``."""
+               progress: bool = True, schedule_steps: int | None = None, after_step=None):
+    """Run the loop; returns ``(unwrapped model in eval mode, per-step losses)``.
+
+    The learning rate rises linearly over the first ``warmup · S`` steps and falls linearly to zero at step
+    ``S = schedule_steps`` (default: ``steps``, the loader's length). A run may stop before ``S``: that is
+    how a budget chosen at an epoch of a longer schedule is reproduced. ``after_step(step, model)`` is
+    called after every optimiser step with the unwrapped model (e.g. to evaluate a held-out split at epoch
+    ends); it must leave the model as it found it (train mode)."""
     from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
 
     accelerator = Accelerator()
     optimizer = torch.optim.AdamW(groups, lr=lr)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup * steps), steps)
+    total = schedule_steps or steps
+    if total < steps:
+        raise ValueError(f"schedule_steps {total} is shorter than the run's {steps} steps; the rate would reach zero early")
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup * total), total)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     model.train()
     losses: list[float] = []
@@ -74,6 +83,8 @@ def train_loop(model, loader, groups: list[dict], lr: float, steps: int, warmup:
         scheduler.step()
         optimizer.zero_grad()
         losses.append(float(loss.detach()))
+        if after_step is not None:
+            after_step(len(losses), accelerator.unwrap_model(model))
         if len(losses) % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
     return accelerator.unwrap_model(model).eval(), losses
