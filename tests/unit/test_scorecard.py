@@ -1,0 +1,52 @@
+"""The scorecard page: every ledger claim exactly once, with ledger changes applied to stored verdicts."""
+
+from outlierbook import scorecard
+from outlierbook.claims import ledger
+from outlierbook.paths import claims_file
+
+
+def test_named_ids_expand_ranges():
+    assert scorecard.named_ids("QT-1: the rule changes") == {"QT-1"}
+    assert scorecard.named_ids("Outliers present (QT-3 … QT-7).") == {"QT-3", "QT-4", "QT-5", "QT-6", "QT-7"}
+
+
+def test_the_ledgers_changes_are_read_with_the_claims_they_touch():
+    changes = scorecard.ledger_changes(claims_file().read_text(encoding="utf-8"))
+    assert changes, "the ledger lists its rule changes"
+    first = changes[0]
+    assert first.multi_task and {"QT-3", "QT-7"} <= first.ids  # the two preconditions
+    assert any(c.ids == {"QT-1"} for c in changes) and any("PEG-5" in c.ids for c in changes)
+
+
+def test_the_scorecard_lists_every_ledger_claim_exactly_once():
+    table = scorecard.rows()
+    ids = [r["id"] for r in table]
+    assert ids == list(ledger())
+    assert sum(scorecard.counts(table).values()) == len(ids)
+    text = scorecard.fragment()
+    for claim_id in ids:
+        assert text.count(f"| {claim_id} |") == 1
+
+
+def _ledger_with(change_line: str) -> str:
+    text = claims_file().read_text(encoding="utf-8")
+    marker = "### Ledger changes"
+    start = text.index(marker)
+    end = text.index("\n## ", start)
+    return text[:start] + marker + " (test)\n" + change_line + "\n" + text[end:]
+
+
+def test_a_verdict_stored_before_a_change_naming_its_claim_is_shown_as_the_old_rules():
+    stored = scorecard.stored_claims()
+    before = {r["id"]: r for r in scorecard.rows(ledger_text=_ledger_with("- 2000-01-01 — OS-1: an old change."))}
+    assert before["OS-1"]["verdict"] == {True: "holds", False: "does not hold", None: "not testable here"}[
+        stored["OS-1"]["holds"]] and before["OS-1"]["old_rule"] == ""
+    after = {r["id"]: r for r in scorecard.rows(ledger_text=_ledger_with("- 2999-01-01 — OS-1: a future change."))}
+    assert after["OS-1"]["status"] == "re-run pending" and after["OS-1"]["old_rule"] == before["OS-1"]["verdict"]
+    assert after["OS-2"]["status"] == before["OS-2"]["status"]  # a change touches only the claims it names
+
+
+def test_the_competence_precondition_touches_claims_that_average_over_tasks_only():
+    assert scorecard.averages_tasks("ordering ... on the average", {"note": ""})
+    assert scorecard.averages_tasks("x", {"note": "mean over stsb, sst2, mrpc, rte"})
+    assert not scorecard.averages_tasks("max |Δ output| ≤ 1e-4", {"note": "max |Δ output| on calibration inputs"})
