@@ -235,8 +235,8 @@ class WeightNode(nn.Module):
         q = self.quantizer
         if q is None or not q.quantizing:
             return weight
-        if torch.is_grad_enabled() or q.learnable:
-            return q(weight)
+        if torch.is_grad_enabled() or q.learnable or not isinstance(q, FakeQuantizer):
+            return q(weight)  # training, or a frozen export form that must appear in a traced graph
         key = (weight.data_ptr(), weight._version, id(q.scale), q.scale._version, id(q.zero), q.zero._version)
         if self._memo[0] != key:
             self._memo = (key, q(weight))
@@ -418,7 +418,8 @@ class QuantizedModel(nn.Module):
         return self.model.config
 
     def forward(self, **inputs):
-        ctx = parametrize.cached() if not torch.is_grad_enabled() else contextlib.nullcontext()
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        ctx = parametrize.cached() if not (torch.is_grad_enabled() or tracing) else contextlib.nullcontext()
         with real_tokens(self, inputs), ctx:
             return self.model(**inputs)
 

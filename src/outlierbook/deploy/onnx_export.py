@@ -1,0 +1,207 @@
+r"""A calibrated quantized model as an ONNX file that ONNX Runtime runs with integer kernels.
+
+:func:`export` traces the model in its Q/DQ form (:mod:`outlierbook.deploy.qdq`): the FP graph with a
+QuantizeLinear/DequantizeLinear pair at every quantized node, carrying the recipe's own scales and zero
+points. :func:`fold_weights` then stores every quantized weight as the integers themselves,
+
+$$W \;\to\; q_W = \operatorname{sat}(\lfloor W / s_W \rceil + z_W) \in \texttt{int8}^{m\times n},$$
+
+followed by a DequantizeLinear, so the file holds one byte per weight instead of four; the runtime's graph
+optimiser fuses ``DQ(q_x) · DQ(q_W)`` into integer matrix products (``QGemm``, ``MatMulIntegerToFloat``).
+:func:`session` opens the file with a fixed thread count; :func:`integer_kernels` counts what the optimiser
+actually fused, since a Q/DQ pair it cannot fuse simply runs in floating point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .qdq import qdq_form
+
+INTEGER_OPS = ("QGemm", "MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger", "QAttention", "QLinearAdd",
+               "DynamicQuantizeMatMul", "QLinearSoftmax")
+OPSET = 17
+
+
+class _FirstOutput(torch.nn.Module):
+    """``model(input_ids, attention_mask)[0]``: logits of a classifier, the last hidden state of an encoder."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask)[0]
+
+
+def _inputs(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    missing = [k for k in ("input_ids", "attention_mask") if k not in batch]
+    if missing:
+        raise ConfigError(f"the example batch lacks {', '.join(missing)}; pass a tokenizer's output "
+                          "(input_ids and attention_mask)")
+    return batch["input_ids"], batch["attention_mask"]
+
+
+def export(model, batch: dict, path, fold: bool = True) -> Path:
+    """Write ``model`` (a calibrated :class:`QuantizedModel`, or an FP model) to ``path`` as ONNX with dynamic
+    batch and sequence axes; quantized weights folded to integers unless ``fold=False``. The caller's model is
+    left as it was. The file appears only when complete."""
+    import onnx
+
+    path = Path(path)
+    is_quantized = hasattr(model, "act_nodes")
+    args = _inputs(batch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".onnx")
+    os.close(fd)
+    try:
+        form = qdq_form(model) if is_quantized else contextlib.nullcontext(model)
+        with form, torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript exporter (deprecated in favour of torch.export, whose ONNX translation cannot yet
+            # write per-channel Q/DQ pairs with dynamic shapes) and its notes on shape-dependent Python branches
+            # in the Hugging Face mask code, which the dynamic batch and sequence axes keep correct.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message="Exporting aten::index operator")
+            torch.onnx.export(_FirstOutput(model).eval(), args, tmp, dynamo=False, opset_version=OPSET,
+                              input_names=["input_ids", "attention_mask"], output_names=["output"],
+                              dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
+                                            "attention_mask": {0: "batch", 1: "sequence"},
+                                            "output": {0: "batch"}})
+        proto = onnx.load(tmp)
+        if fold:
+            proto = fold_weights(proto)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _constants(graph) -> dict[str, np.ndarray]:
+    """Values known before any input: initializers, Constant nodes and Identity of either."""
+    from onnx import numpy_helper
+
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    values[node.output[0]] = numpy_helper.to_array(attr.t)
+        elif node.op_type == "Identity" and node.input[0] in values:
+            values[node.output[0]] = values[node.input[0]]
+    return values
+
+
+def quantize_linear(x: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int = 1) -> np.ndarray:
+    """ONNX QuantizeLinear in NumPy: ``sat(round_half_even(x / s) + z)`` in ``zero``'s integer type."""
+    if scale.ndim == 1 and scale.size > 1:
+        shape = [1] * x.ndim
+        shape[axis % x.ndim] = scale.size
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    info = np.iinfo(zero.dtype)
+    q = np.rint(x.astype(np.float32) / scale.astype(np.float32)) + zero.astype(np.int64)
+    return np.clip(q, info.min, info.max).astype(zero.dtype)
+
+
+def fold_weights(proto, unsigned: bool = True):
+    """Replace each QuantizeLinear of a constant (a weight) by its integer result; drop what becomes unused.
+
+    With ``unsigned`` (the default), signed weights are stored as ``uint8`` with zero point 128:
+    $(q + 128) - 128 = q$, the same values, but it keeps x86 CPUs without VNNI on their exact u8·u8 kernels
+    (their u8·s8 kernels add pairs of products in saturating 16-bit arithmetic, which overflows for
+    activations near 255 times weights near ±127)."""
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    values = _constants(graph)
+    kept, folded, renamed = [], [], {}
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear" and len(node.input) >= 3 and all(n in values for n in node.input[:3]):
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            zero = values[node.input[2]]
+            q = quantize_linear(values[node.input[0]], values[node.input[1]], zero, axis)
+            if unsigned and q.dtype == np.int8:
+                q = (q.astype(np.int16) + 128).astype(np.uint8)
+                name = node.output[0] + "_zero_u8"
+                folded.append(numpy_helper.from_array((zero.astype(np.int16) + 128).astype(np.uint8), name))
+                renamed[node.output[0]] = name
+            folded.append(numpy_helper.from_array(q, node.output[0]))
+        else:
+            kept.append(node)
+    for node in kept:  # the DequantizeLinear of a re-signed weight reads the shifted zero point
+        if node.op_type == "DequantizeLinear" and node.input[0] in renamed and len(node.input) >= 3:
+            node.input[2] = renamed[node.input[0]]
+    del graph.node[:]
+    graph.node.extend(kept)
+    graph.initializer.extend(folded)
+    _prune(graph)
+    return proto
+
+
+def _prune(graph) -> None:
+    """Remove nodes whose outputs nobody reads and initializers nobody reads (repeat until stable)."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = {name for node in graph.node for name in node.input} | outputs
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        for n in dead:
+            graph.node.remove(n)
+        if not dead:
+            break
+    used = {name for node in graph.node for name in node.input} | outputs
+    unused = [t for t in graph.initializer if t.name not in used]
+    for t in unused:
+        graph.initializer.remove(t)
+
+
+def session(path, threads: int = 1, optimized_path=None):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads and every graph optimisation on;
+    ``optimized_path`` saves the graph the runtime actually executes (to count its kernels)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # the optimiser's hardware-specific-graph notice is not an error
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run(sess, batch: dict) -> np.ndarray:
+    ids, mask = _inputs(batch)
+    return sess.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+
+
+def integer_kernels(path, threads: int = 1) -> Counter:
+    """Operator counts of the graph ONNX Runtime executes for ``path`` after its optimisations."""
+    import onnx
+
+    with tempfile.TemporaryDirectory() as d:
+        optimized = Path(d) / "optimized.onnx"
+        session(path, threads, optimized_path=optimized)
+        counts = Counter(n.op_type for n in onnx.load(str(optimized)).graph.node)
+    return counts
+
+
+def initializer_bytes(path) -> dict[str, int]:
+    """Bytes of the stored tensors per element type (``FLOAT``, ``INT8``, ...)."""
+    import onnx
+
+    out: Counter = Counter()
+    for t in onnx.load(str(path)).graph.initializer:
+        out[onnx.TensorProto.DataType.Name(t.data_type)] += len(t.raw_data) or onnx.numpy_helper.to_array(t).nbytes
+    return dict(out)

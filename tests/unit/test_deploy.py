@@ -1,0 +1,187 @@
+"""Export of a calibrated recipe to ONNX Runtime's integer kernels: same function, the recipe's own scales,
+integer weights, and one-line refusals of what integer kernels cannot run."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import transformers as tf
+from onnx import numpy_helper
+
+from outlierbook import deploy
+from outlierbook.errors import ConfigError, OutlierBookError
+from outlierbook.methods.peg import peg_config
+from outlierbook.quant.fake_quant import FakeQuantizer
+from outlierbook.recipe import Ranges, Recipe, quantize
+
+SMALL = dict(vocab_size=512, hidden_size=48, num_hidden_layers=2, num_attention_heads=2, intermediate_size=96,
+             max_position_embeddings=40, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def _encoder():
+    torch.manual_seed(0)
+    return tf.BertModel(tf.BertConfig(**SMALL), add_pooling_layer=False).eval()
+
+
+def _batch(seed=0, b=4, t=16):
+    g = torch.Generator().manual_seed(seed)
+    batch = {"input_ids": torch.randint(5, 512, (b, t), generator=g), "attention_mask": torch.ones(b, t, dtype=torch.long)}
+    batch["attention_mask"][1, t // 2:] = 0
+    return batch
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    model = _encoder()
+    qm = quantize(model, Recipe(bits="W8A8", placement="os"), [_batch(0), _batch(1)])
+    path = deploy.export(qm, _batch(0), tmp_path_factory.mktemp("onnx") / "w8a8.onnx")
+    return model, qm, path
+
+
+def _simulated(qm, batch):
+    with torch.no_grad():
+        return qm(**batch).last_hidden_state.numpy()
+
+
+def test_the_runtime_computes_the_simulated_function(exported, tmp_path):
+    _, qm, path = exported
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for batch in (_batch(0), _batch(2, b=3, t=24)):  # dynamic batch and sequence axes
+        ref = _simulated(qm, batch)
+        assert np.abs(deploy.run(plain, batch) - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_integer_kernels_run_every_product(exported):
+    _, qm, path = exported
+    kernels = deploy.integer_kernels(path)
+    assert sum(kernels[k] for k in deploy.onnx_export.INTEGER_OPS) == 2 * 8  # per layer: q, k, v, output, FFN in,
+    assert kernels["MatMul"] == 0 and kernels.get("Gemm", 0) == 0  # FFN out, scores, context: none left in float
+
+
+def test_an_integer_product_is_the_simulated_product():
+    """One quantized Linear whose output the next node quantizes (as in the model): the runtime fuses it into
+    one integer kernel, whose int32 accumulation differs from fp32 sums only by rounding, so at most an
+    element on a rounding boundary of the output grid lands one step away."""
+    from outlierbook.quant.granularity import Granularity
+    from outlierbook.quant.quantizer import Grid
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(48, 24)
+    x = torch.randn(2, 16, 48) * 3
+
+    def quantizer(grid, lo, hi, granularity=None):
+        q = FakeQuantizer(grid, granularity=granularity)
+        q.set_range(lo, hi)
+        q.quantizing = True
+        return q
+
+    w = linear.weight.detach()
+    act = quantizer(Grid(8), x.min(), x.max())
+    weight = quantizer(Grid(8, symmetric=True), -w.abs().amax(1, keepdim=True), w.abs().amax(1, keepdim=True),
+                       Granularity(axis=0))
+    with torch.no_grad():
+        y = linear(act(x))
+    out_q = quantizer(Grid(8), y.min(), y.max())
+
+    class Product(torch.nn.Module):
+        def __init__(self, a, b, c):
+            super().__init__()
+            self.a, self.b, self.c, self.linear = a, b, c, linear
+
+        def forward(self, x):
+            return self.c(torch.nn.functional.linear(self.a(x), self.b(self.linear.weight), self.linear.bias))
+
+    import tempfile
+
+    with torch.no_grad():
+        simulated = Product(act, weight, out_q)(x).numpy()
+    qdq = Product(deploy.QuantDequant(act), deploy.QuantDequant(weight), deploy.QuantDequant(out_q))
+    with tempfile.TemporaryDirectory() as d:
+        path = f"{d}/p.onnx"
+        with torch.no_grad():
+            torch.onnx.export(qdq, (x,), path, dynamo=False, opset_version=17, input_names=["x"])
+        onnx.save(deploy.fold_weights(onnx.load(path)), path)
+        kernels = deploy.integer_kernels(path)
+        out = deploy.session(path).run(None, {"x": x.numpy()})[0]
+    assert sum(kernels[k] for k in deploy.onnx_export.INTEGER_OPS) == 1 and kernels.get("Gemm", 0) == 0
+    steps = np.abs(out - simulated) / float(out_q.scale)
+    assert steps.max() <= 1 + 1e-4 and (steps < 1e-4).mean() >= 0.99
+
+
+def test_the_whole_model_agrees_within_one_step_of_the_last_node(exported):
+    """Integer accumulation is exact where fp32 sums round, so a value on a rounding boundary may land one step
+    away: differences are whole steps of the grid, at most one, and rare."""
+    _, qm, path = exported
+    batch = _batch(3)
+    out, ref = deploy.run(deploy.session(path), batch), _simulated(qm, batch)
+    step = float(qm.node(qm.node_names(quantized_only=True)[-1]).quantizer.scale)
+    steps = np.abs(out - ref) / step
+    assert np.abs(steps - np.round(steps)).max() < 1e-3  # both outputs lie on the last node's grid
+    assert steps.max() <= 1 + 1e-3 and (steps < 1e-3).mean() >= 0.99
+
+
+def test_the_graph_carries_the_recipes_own_scales_and_integer_weights(exported):
+    _, qm, path = exported
+    graph = onnx.load(str(path)).graph
+    consts = deploy.onnx_export._constants(graph)
+    q_pairs = {(float(consts[n.input[1]]), int(consts[n.input[2]])) for n in graph.node if n.op_type == "QuantizeLinear"}
+    acts = {(float(np.float32(n.quantizer.scale.reshape(()))), int(n.quantizer.zero.reshape(())))
+            for n in qm.act_nodes.values() if n.quantizer is not None and n.quantizer.quantizing}
+    assert q_pairs == acts
+    dq_scales = [consts[n.input[1]] for n in graph.node if n.op_type == "DequantizeLinear"
+                 and consts.get(n.input[0]) is not None and consts[n.input[0]].dtype == np.uint8
+                 and (consts[n.input[2]] == 128).all()]  # signed weights stored as uint8 - 128
+    for node in qm.weight_nodes.values():
+        want = node.quantizer.scale.reshape(-1).numpy()
+        assert any(s.shape == want.shape and np.array_equal(s, want) for s in dq_scales), node.name
+    stored = deploy.initializer_bytes(path)
+    assert stored["UINT8"] > 3 * stored.get("FLOAT", 0)  # the weights are stored as one byte each
+
+
+def test_export_leaves_the_callers_model_as_it_was(exported):
+    _, qm, _ = exported
+    assert all(isinstance(n.quantizer, FakeQuantizer) for n in qm.act_nodes.values() if n.quantizer is not None)
+    before = _simulated(qm, _batch(4))
+    deploy.export(qm, _batch(0), deploy.onnx_export.Path(pytest.importorskip("tempfile").mkdtemp()) / "again.onnx")
+    assert np.array_equal(_simulated(qm, _batch(4)), before)
+
+
+def test_fold_weights_is_quantize_linear():
+    w = np.array([[0.5, -1.0, 0.26], [2.0, 0.0, -2.0]], np.float32)
+    scale, zero = np.array([0.01, 0.02], np.float32), np.zeros(2, np.int8)
+    q = deploy.onnx_export.quantize_linear(w, scale, zero, axis=0)
+    assert q.dtype == np.int8 and q.tolist() == [[50, -100, 26], [100, 0, -100]]
+    assert deploy.onnx_export.quantize_linear(np.array([3.0], np.float32), np.array(0.01, np.float32),
+                                              np.array(0, np.int8)).tolist() == [127]  # saturates
+
+
+@pytest.mark.parametrize("recipe, message", [
+    (Recipe(bits="W6A6", placement="os"), "6-bit; integer kernels take 8-bit"),
+    (Recipe(bits="W8A8", placement="os", overrides=peg_config(6, ("attention.ln", "ffn.ln"))), "per-group"),
+])
+def test_what_integer_kernels_cannot_run_is_refused_in_one_line(recipe, message, tmp_path):
+    qm = quantize(_encoder(), recipe, [_batch(0)])
+    with pytest.raises(ConfigError, match=message):
+        deploy.export(qm, _batch(0), tmp_path / "x.onnx")
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_a_node_without_a_range_is_refused(tmp_path):
+    qm = quantize(_encoder(), Recipe(bits="W8A8", placement="os"), [_batch(0)])
+    q = qm.node("layer1.ffn.gelu").quantizer
+    q.scale = q.zero = None  # as a node that was switched on but never saw data
+    assert q.quantizing and not q.calibrated
+    with pytest.raises(OutlierBookError, match="calibrate"):
+        deploy.export(qm, _batch(0), tmp_path / "x.onnx")
+
+
+def test_a_batch_without_an_attention_mask_is_refused(exported, tmp_path):
+    _, qm, _ = exported
+    with pytest.raises(ConfigError, match="attention_mask"):
+        deploy.export(qm, {"input_ids": _batch(0)["input_ids"]}, tmp_path / "x.onnx")
