@@ -185,3 +185,29 @@ def test_a_batch_without_an_attention_mask_is_refused(exported, tmp_path):
     _, qm, _ = exported
     with pytest.raises(ConfigError, match="attention_mask"):
         deploy.export(qm, {"input_ids": _batch(0)["input_ids"]}, tmp_path / "x.onnx")
+
+
+def test_node_agreement_names_every_node_in_forward_order_and_finds_no_difference_here(exported):
+    from outlierbook.deploy.agreement import node_agreement, output_agreement
+
+    _, qm, path = exported
+    table = node_agreement(qm, path, _batch(5))
+    assert list(table.index) == qm.node_names(quantized_only=True)
+    assert (table["differing"] == 0).all() and (table["max steps"] == 0).all()
+    assert table.loc["layer0.attention.q", "elements"] == (16 + 8 + 16 + 16) * 48  # real tokens only
+    assert output_agreement(qm, path, _batch(5))["max"] == 0.0
+
+
+def test_node_agreement_sees_a_wrong_scale(exported, tmp_path):
+    from outlierbook.deploy.agreement import node_agreement
+
+    model, qm, _ = exported
+    q = qm.node("layer1.ffn.gelu").quantizer
+    original = q.scale
+    q.scale = original * 1.5
+    try:
+        path = deploy.export(qm, _batch(0), tmp_path / "shifted.onnx")
+    finally:
+        q.scale = original
+    table = node_agreement(qm, path, _batch(5))
+    assert table.loc["layer1.ffn.gelu", "differing"] > 0.1 and table.loc["layer1.attention.ln", "differing"] == 0
