@@ -111,6 +111,13 @@ CHAPTERS: tuple[Chapter, ...] = (
         profiles={"quick": {}, "full": {"tasks": ["stsb", "sst2", "mrpc", "rte"], "eval_limit": None, "n_calib": 256,
                                         "seeds": [0, 1, 2], "twc_max_candidates": None}},
     ),
+    Chapter(
+        id="09_int8",
+        title="From simulation to silicon",
+        needs=("sst2", "mrpc", "rte"),
+        profiles={"quick": {}, "full": {"tasks": ["stsb", "sst2", "mrpc", "rte"], "eval_limit": None, "n_calib": 256,
+                                        "twc_max_candidates": None, "latency_rounds": 20, "latency_threads": [1, 2]}},
+    ),
 )
 
 

@@ -211,3 +211,28 @@ def test_node_agreement_sees_a_wrong_scale(exported, tmp_path):
         q.scale = original
     table = node_agreement(qm, path, _batch(5))
     assert table.loc["layer1.ffn.gelu", "differing"] > 0.1 and table.loc["layer1.attention.ln", "differing"] == 0
+
+
+def test_every_deployable_variant_runs_like_the_model(exported, tmp_path):
+    from outlierbook.deploy.runtime import at_threads, baselines, recipe_variant
+
+    model, qm, _ = exported
+    batches = [_batch(0), _batch(1)]
+    variants = baselines(model, batches, tmp_path)
+    variants["book"] = recipe_variant(qm, batches[0], tmp_path, "book")
+    assert set(variants) == {"PyTorch FP32", "PyTorch dynamic INT8", "ORT FP32", "ORT dynamic INT8",
+                             "ORT static INT8 (its MinMax)", "book"}
+    with torch.no_grad():
+        fp = model(**_batch(6)).last_hidden_state
+    for name, v in at_threads(variants, 1).items():
+        out = v.model(**_batch(6)).last_hidden_state
+        assert out.shape == fp.shape, name
+        assert torch.nn.functional.cosine_similarity(out.flatten(), fp.flatten(), dim=0) > 0.9, name
+    assert variants["ORT FP32"].integer_products == 0 and variants["book"].integer_products == 16
+    assert variants["ORT static INT8 (its MinMax)"].integer_products > 0
+    quantized_weights = sum(qm.parts.weights[name[len("weight:"):]].weight.numel() for name, node in
+                            qm.weight_nodes.items() if node.quantizer is not None and node.quantizer.quantizing)
+    fp, book = (deploy.initializer_bytes(variants[k].path) for k in ("ORT FP32", "book"))
+    scales = sum(node.quantizer.scale.numel() for node in qm.weight_nodes.values())
+    assert book["FLOAT"] <= fp["FLOAT"] - 4 * quantized_weights + 4 * scales  # FP32 left: biases, LNs, scales
+    assert quantized_weights <= book["UINT8"] <= 1.05 * quantized_weights  # one byte per weight (+ zero points)

@@ -74,21 +74,9 @@ def node_agreement(qm, path, batch: dict, threads: int = 1) -> pd.DataFrame:
             "input_ids": batch["input_ids"].numpy(), "attention_mask": batch["attention_mask"].numpy()})))
     finally:
         Path(probe).unlink(missing_ok=True)
-    sim = simulated_codes(qm, batch)
-    real = batch["attention_mask"].bool().numpy()
-    rows = []
-    for name in sim:
-        if name not in names:
-            continue
-        ours, theirs = sim[name], values[names[name]].astype(np.int64).reshape(sim[name].shape)
-        diff = np.abs(ours - theirs)
-        if diff.ndim == 3:  # [B, T, d]: real tokens only (padding is never read by a real token)
-            diff = diff[real]
-        elif diff.ndim == 4:  # [B, H, T, T]: both positions real
-            diff = diff.transpose(0, 2, 3, 1)[real[:, :, None] & real[:, None, :]]
-        rows.append({"node": name, "differing": float((diff > 0).mean()), "max steps": int(diff.max()),
-                     "elements": int(diff.size)})
-    return pd.DataFrame(rows).set_index("node")
+    theirs = {name: values[onnx_name].astype(np.int64) for name, onnx_name in names.items()}
+    ours = {name: codes for name, codes in simulated_codes(qm, batch).items() if name in theirs}
+    return compare_codes(ours, theirs, batch)
 
 
 def output_agreement(qm, path, batch: dict, threads: int = 1) -> dict:
@@ -100,4 +88,30 @@ def output_agreement(qm, path, batch: dict, threads: int = 1) -> dict:
     return {"max": float(diff.max()), "mean": float(diff.mean()), "scale": float(np.abs(ref).max())}
 
 
-__all__ = ["node_agreement", "output_agreement", "simulated_codes"]
+__all__ = ["compare_codes", "node_agreement", "output_agreement", "precision_agreement", "simulated_codes"]
+
+
+def compare_codes(a: dict[str, np.ndarray], b: dict[str, np.ndarray], batch: dict) -> pd.DataFrame:
+    """Share of differing codes and largest difference per node between two code dictionaries (real tokens)."""
+    real = batch["attention_mask"].bool().numpy()
+    rows = []
+    for name in a:
+        diff = np.abs(a[name] - b[name].reshape(a[name].shape))
+        if diff.ndim == 3:
+            diff = diff[real]
+        elif diff.ndim == 4:
+            diff = diff.transpose(0, 2, 3, 1)[real[:, :, None] & real[:, None, :]]
+        rows.append({"node": name, "differing": float((diff > 0).mean()), "max steps": int(diff.max()),
+                     "elements": int(diff.size)})
+    return pd.DataFrame(rows).set_index("node")
+
+
+def precision_agreement(qm, batch: dict) -> pd.DataFrame:
+    """The simulated model against itself computed in float64 (same ranges, same grid): how much of the
+    integer model's disagreement any change of arithmetic would cause. ``qm`` is returned to float32."""
+    single = simulated_codes(qm, batch)
+    try:
+        double = simulated_codes(qm.double(), batch)
+    finally:
+        qm.float()
+    return compare_codes(single, double, batch)

@@ -51,10 +51,11 @@ def _inputs(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return batch["input_ids"], batch["attention_mask"]
 
 
-def export(model, batch: dict, path, fold: bool = True) -> Path:
+def export(model, batch: dict, path, fold: bool = True, unsigned_weights: bool = True) -> Path:
     """Write ``model`` (a calibrated :class:`QuantizedModel`, or an FP model) to ``path`` as ONNX with dynamic
-    batch and sequence axes; quantized weights folded to integers unless ``fold=False``. The caller's model is
-    left as it was. The file appears only when complete."""
+    batch and sequence axes; quantized weights folded to integers unless ``fold=False`` (stored unsigned unless
+    ``unsigned_weights=False``, see :func:`fold_weights`). The caller's model is left as it was. The file
+    appears only when complete."""
     import onnx
 
     path = Path(path)
@@ -79,7 +80,7 @@ def export(model, batch: dict, path, fold: bool = True) -> Path:
                                             "output": {0: "batch"}})
         proto = onnx.load(tmp)
         if fold:
-            proto = fold_weights(proto)
+            proto = fold_weights(proto, unsigned=unsigned_weights)
         onnx.checker.check_model(proto)
         onnx.save(proto, tmp)
         os.replace(tmp, path)

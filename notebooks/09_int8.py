@@ -1,0 +1,317 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # From simulation to silicon
+#
+# Every number so far was *simulated*: FP32 tensors rounded onto an integer grid and multiplied in
+# floating point. A reader who wants to deploy asks what the papers leave open on a CPU: do the ranges
+# that the book's recipes find survive real integer kernels, and what do they buy in size and speed?
+# This chapter exports calibrated recipes to ONNX Runtime, checks node by node that the integer model
+# computes what the book simulated, and sets them beside the toolkits' own INT8: PyTorch's and ONNX
+# Runtime's dynamic quantization, and ONNX Runtime's static quantization with its own calibration.
+
+# %% tags=["parameters"]
+profile = "quick"
+model = "all-MiniLM-L6-v2"
+data_source = "local"
+tasks = ["stsb", "sst2"]
+eval_limit = 100
+n_calib = 64
+twc_max_candidates = 4
+latency_rounds = 3
+latency_threads = [2]
+seed = 0
+
+# %%
+from outlierbook.nbsetup import setup_notebook
+
+settings = setup_notebook(seed=seed)
+
+import tempfile
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from outlierbook import deploy
+from outlierbook.benchmarks.int8 import REFERENCE, inputs_of, latency_ratios
+from outlierbook.deploy.agreement import node_agreement, precision_agreement
+from outlierbook.deploy.runtime import at_threads
+from outlierbook.errors import ConfigError
+from outlierbook.experiments import int8 as ix
+from outlierbook.methods.peg import peg_config
+from outlierbook.models.tasks import task_setup
+from outlierbook.quant.calibrate import calibration_batches
+from outlierbook.recipe import Recipe, quantize
+from outlierbook.results import Recorder, dumps
+
+rec = Recorder("09_int8", profile, params=dict(model=model, tasks=tasks, eval_limit=eval_limit, n_calib=n_calib,
+                                             twc_max_candidates=twc_max_candidates, latency_rounds=latency_rounds,
+                                             latency_threads=latency_threads, seed=seed))
+setups = {t: task_setup(t, profile, model=model, eval_limit=eval_limit, data_source=data_source, seed=seed)
+          for t in tasks}
+batches = {t: calibration_batches(s.calibration, s.tokenizer, n=n_calib, batch_size=32, seed=seed)
+           for t, s in setups.items()}
+folder = tempfile.mkdtemp(prefix="outlierbook-int8-")
+
+# %% [markdown]
+# ## What an integer kernel computes
+#
+# A Linear layer reads a quantized activation row $\hat x = s_x (q_x - z_x)$ (one scale $s_x$ and zero
+# point $z_x$ for the whole tensor) and a weight quantized per output channel, $\hat W_{j\cdot} = s_{W,j}\, q_{W,j\cdot}$.
+# Its output factorises into one integer sum and one rescaling:
+#
+# $$y_j = \sum_k \hat x_k \hat W_{jk} = s_x\, s_{W,j} \Big(\underbrace{\sum_k q_{x,k}\, q_{W,jk}}_{\text{int32}}
+# \;-\; z_x \underbrace{\sum_k q_{W,jk}}_{\text{per channel, once}}\Big).$$
+#
+# The sum runs in 8-bit multiplies and exact 32-bit accumulation; only the final product with
+# $s_x s_{W,j}$ is floating point. The factorisation needs $s_x$ to be the same for every $k$: one
+# activation scale per row. Where each method fits:
+#
+# - **Gamma Migration** and **SmoothQuant** are transforms of the FP model: the exported graph is the
+#   migrated model, with nothing new to run.
+# - **Token-Wise Clipping**, percentiles, MSE: they only choose $s_x$ and $z_x$, the constants of
+#   the QuantizeLinear nodes.
+# - **PEG** gives the columns $k$ of one row $K$ different scales, so the sum splits into $K$ integer sums,
+#   each rescaled: a grouped Linear, not one kernel. The export refuses it (below) rather than run it in
+#   floating point unannounced.
+# - **Softmax, GELU, LayerNorm** have no integer kernel here: the runtime dequantizes, computes in FP32
+#   and quantizes again at the next node.
+
+# %% [markdown]
+# ## Exporting a recipe
+#
+# `deploy.export(qm, batch, path)` traces the calibrated model with every quantizer replaced by a frozen
+# quantize-dequantize pair carrying *its* scale and zero point (`deploy/qdq.py`), writes ONNX, and stores
+# each weight as its 8-bit integers. ONNX Runtime's graph optimiser then fuses each
+# dequantize–multiply pattern into an integer kernel. We count what it fused, and what the file holds.
+
+# %%
+t0 = tasks[-1]
+s0 = setups[t0]
+qm = quantize(s0.model, ix.recipes(twc_max_candidates)["book MinMax"], batches[t0])
+path = deploy.export(qm, batches[t0][0], f"{folder}/{t0}_minmax.onnx")
+kernels = deploy.integer_kernels(path)
+products = {k: kernels[k] for k in deploy.onnx_export.INTEGER_OPS if kernels[k]}
+float_products = {k: kernels[k] for k in ("MatMul", "Gemm", "FusedMatMul") if kernels[k]}
+stored = deploy.initializer_bytes(path)
+anat_layers = len(qm.parts.layers)
+export_facts = {"integer_products": products, "float_products": float_products,
+                "expected_integer_products": 8 * anat_layers,
+                "stored_MB": {k: v / 1e6 for k, v in stored.items()}}
+rec.update({"export/integer_products": sum(products.values()), "export/expected": 8 * anat_layers})
+
+# %% tags=["nbval-check-output"]
+print(dumps(export_facts))
+
+# %% [markdown]
+# Eight products per layer run in integers (query, key, value, attention output, both FFN Linears, and
+# the two attention products $QK^\top$ and $PV$); the one float product left is the classifier head,
+# which the FasterTransformer placement does not quantize. The file holds the weights as one byte
+# each (`UINT8`); FP32 remains only for biases, LayerNorm parameters and the head.
+#
+# Integer kernels refuse what they cannot run, before any export work:
+
+# %%
+refusals = {}
+for label, recipe in {"W6A6": Recipe(**{**ix.BASE, "bits": "W6A6"}),
+                      "PEG K=6": Recipe(**ix.BASE, overrides=peg_config(6, ("attention.ln", "ffn.ln")))}.items():
+    try:
+        deploy.export(quantize(s0.model, recipe, batches[t0][:1]), batches[t0][0], f"{folder}/refused.onnx")
+        refusals[label] = None
+    except ConfigError as err:
+        refusals[label] = str(err)
+rec.update({f"export/refused/{k}": v is not None for k, v in refusals.items()})
+
+# %% tags=["nbval-check-output"]
+for label, message in refusals.items():
+    print(f"{label}: {message}")
+
+# %% [markdown]
+# ## Does the integer model compute what we simulated?
+#
+# Each quantized node has an integer code in both worlds: the runtime's QuantizeLinear output and
+# the simulated $q = \hat x/s + z$. We compare them node by node on one batch (real tokens only).
+# Integer accumulation is exact where FP32 sums round, so a value within rounding of a grid boundary
+# can land one step away; every later node inherits the difference. To read the numbers, we also
+# compare the simulated model with *itself* computed in float64: the same ranges and grid, only another
+# arithmetic.
+
+# %%
+probe = batches[t0][1]
+vs_integer = node_agreement(qm, path, probe)
+vs_float64 = precision_agreement(qm, probe)
+by_layer = pd.DataFrame({
+    "integer vs simulated: codes differing": vs_integer["differing"],
+    "float64 vs float32 simulation": vs_float64["differing"],
+    "integer: max steps": vs_integer["max steps"],
+}).loc[[n for n in vs_integer.index if n.endswith(("ffn.ln", "embeddings.ln")) or n.startswith("layer0.")]]
+rec.update({f"agreement/{n}": v for n, v in vs_integer["differing"].items()})
+rec.update({f"agreement_float64/{n}": v for n, v in vs_float64["differing"].items()})
+first = next((n for n, v in vs_integer["differing"].items() if v > 0), None)
+
+# %% tags=["nbval-check-output"]
+print(by_layer.to_string(float_format=lambda v: f"{v:.2e}"))
+print("first node that differs:", first)
+
+# %% [markdown]
+# The first layer agrees up to a few codes in a million. Differences then grow with depth, but the
+# float64 column grows faster: the integer model is *closer* to the FP32 simulation than the simulation
+# is to itself in another precision. Agreement code by code is therefore not the test of a correct
+# export; the task metric is. A wrong scale, by contrast, shows at its own node at once (a unit test
+# checks that).
+#
+# ### A trap on this CPU
+#
+# This machine's CPU has AVX2 but no VNNI. Its kernels for unsigned activations times *signed* weights
+# add pairs of 8-bit products in saturating 16-bit arithmetic: $255\cdot 127 + 255\cdot 127 > 2^{15}-1$.
+# The book stores signed weights as `uint8` with zero point 128 — the same values, $(q+128)-128 = q$ —
+# which keeps the runtime on its exact unsigned kernels. Exported with `int8` weights instead:
+
+# %%
+damage = ix.signed_weights_damage(s0, qm, batches[t0][0], folder)
+rec.update({f"signed_weights/{k}": v for k, v in damage.items()})
+
+# %% tags=["nbval-check-output"]
+print(dumps({"task": t0, "simulated": s0.score(qm), **damage}))
+
+# %% [markdown]
+# ## The book's recipes against the toolkits' INT8
+#
+# For each task: FP32 in PyTorch and in ONNX Runtime; PyTorch's dynamic INT8 (int8 Linear weights,
+# activation ranges measured per batch at run time; the embedding table stays FP32); ONNX Runtime's
+# dynamic INT8; its static INT8 with its own MinMax calibration on the same calibration batches; and
+# three book recipes (MinMax, Gamma Migration, Gamma Migration + Token-Wise Clipping), each beside its
+# own simulation. The toolkits' quantizers are limited to the inputs of matrix products, the placement
+# the book uses (left at its default, ONNX Runtime also quantizes the addition that applies the
+# attention mask, and the model falls to chance).
+
+# %%
+tables, variants = {}, {}
+for t, s in setups.items():
+    variants[t], simulated = ix.variants_for(s, batches[t], folder, twc_max_candidates)
+    tables[t] = ix.metric_table(s, variants[t], simulated)
+metric = pd.DataFrame({t: tab["metric"] for t, tab in tables.items()})
+if len(tasks) > 1:
+    metric["average"] = metric.mean(axis=1)
+sizes = tables[tasks[0]][["size vs FP32", "integer products"]]
+rec.update({f"metric/{v}/{c}": x for v, row in metric.iterrows() for c, x in row.items()})
+rec.update({f"size/{v}": x for v, x in sizes["size vs FP32"].dropna().items()})
+
+# %% tags=["nbval-check-output"]
+print(metric.round(2).to_string())
+print()
+print(sizes.dropna().round(3).to_string())
+
+# %% [markdown]
+# ## Latency, measured side by side
+#
+# Every variant runs the same batch in interleaved rounds and each median is divided by the median of
+# FP32 ONNX Runtime from the same rounds (`benchmarks/int8.py`; `python -m outlierbook.benchmarks.int8`
+# runs it alone with more rounds). Timings depend on the machine and its load, so they are printed
+# here but never checked.
+
+# %%
+shapes = [(1, 128), (32, 128)]
+latency = {}
+for threads in latency_threads:
+    running = at_threads(variants[t0], threads)
+    for b, n in shapes:
+        latency[(threads, f"{b}x{n}")] = latency_ratios(running, inputs_of(s0.tokenizer, b, n), latency_rounds)
+latency = pd.DataFrame(latency)
+latency.columns = [f"{th} thread(s), {shape}" for th, shape in latency.columns]
+rec.update({f"latency/{c}/{v}": x for c in latency.columns for v, x in latency[c].items()})
+print(f"latency relative to {REFERENCE} (median of {latency_rounds} rounds):")
+print(latency.round(2).to_string())
+
+# %%
+last = latency.columns[-1]
+fig, ax = plt.subplots(figsize=(7.5, 4.2))
+for v in latency.index:
+    ax.scatter(latency.loc[v, last], metric.loc[v, t0], s=30)
+    ax.annotate(v, (latency.loc[v, last], metric.loc[v, t0]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+ax.set(xlabel=f"latency / {REFERENCE} ({last})", ylabel=f"{t0} {s0.metric}", title="accuracy against latency")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## The goals, as measured
+#
+# The issue that asked for this chapter set three goals; they are checked here, not tuned: the best
+# book recipe at least as good as ONNX Runtime's static and dynamic INT8 on the average of the tasks;
+# a file at most 0.3× the FP32 file; latency at most 0.6× FP32 ONNX Runtime at batch 32 × 128 on two
+# threads (printed beside the latency table, since it is a timing).
+
+# %%
+average = "average" if "average" in metric else tasks[0]
+book = [v for v in metric.index if v.startswith("book") and not v.endswith("(simulated)")]
+best = max(book, key=lambda v: metric.loc[v, average])
+goals = {
+    "best_recipe": best,
+    "best_recipe_at_least_ort_static": bool(metric.loc[best, average] >= metric.loc["ORT static INT8 (its MinMax)", average]),
+    "best_recipe_at_least_ort_dynamic": bool(metric.loc[best, average] >= metric.loc["ORT dynamic INT8", average]),
+    "file_at_most_0.3_of_fp32": bool(sizes.loc[best, "size vs FP32"] <= 0.3),
+}
+rec.update({f"goal/{k}": v for k, v in goals.items()})
+
+# %% tags=["nbval-check-output"]
+print(dumps(goals))
+
+# %%
+column = next((c for c in latency.columns if c.endswith("32x128") and c.startswith("2 ")), None)
+print("latency goal (<= 0.6 x FP32 ONNX Runtime at 32 x 128, 2 threads):",
+      "not measured in this profile" if column is None else f"{latency.loc[best, column]:.2f} x")
+
+# %%
+rec.save(extra_run_info={"settings": settings})
+print("results written for", rec.chapter, rec.profile)
+
+# %% [markdown]
+# ## What this chapter shows, and what it does not
+#
+# The export carries the recipe's own ranges into integer kernels, and the integer model computes the
+# simulated function up to rounding-order differences that are smaller than those of any other change
+# of arithmetic. PEG is refused, not exported: its grouped-Linear rewrite is future work, as is peak
+# memory per variant. The quick profile scores a sample of two tasks; the full profile runs all four
+# on the complete dev sets and times 1 and 2 threads with 20 rounds.
+#
+# ## Exercises
+#
+# 1. Export your own recipe: Gamma Migration with SmoothQuant's smoothing on top at W8A8. Does the
+#    integer model keep the simulated metric?
+# 2. Leave one node kind in FP32 (e.g. `overrides={"ffn.gelu": "fp32"}`) and export. How many integer
+#    products remain, and what does the node cost in latency and buy in accuracy?
+# 3. Why can the probabilities of softmax be multiplied with $V$ in integers at all, when softmax itself
+#    has no integer kernel here?
+#
+# ```{admonition} Solution 1
+# :class: dropdown
+# `r = ix.recipes()["book GM"].replace(transforms=(GammaMigration(), SmoothQuant()))`, then
+# `qm = quantize(s0.model, r, batches[t0])`, `p = deploy.export(qm, batches[t0][0], f"{folder}/mine.onnx")` and
+# `s0.score(deploy.runtime.RuntimeModel(deploy.session(p), qm.config, "logits"))` beside `s0.score(qm)`.
+# Both transforms are edits of the FP weights, so the export has nothing new to run.
+# ```
+#
+# ```{admonition} Solution 2
+# :class: dropdown
+# With `ffn.gelu` in FP32, the second FFN Linear reads a float input and the runtime keeps it as a float
+# product (`deploy.integer_kernels(p)` counts one fewer integer product per layer). Time it with
+# `latency_ratios` as above and compare the metric: the GELU output is the node the papers single out,
+# so this is where an FP32 fallback buys the most accuracy.
+# ```
+#
+# ```{admonition} Solution 3
+# :class: dropdown
+# The probabilities node quantizes softmax's *output* onto an unsigned grid on $[0, 1]$; the product
+# $PV$ then reads two quantized tensors, exactly the pattern an integer kernel fuses (`QLinearMatMul`).
+# Softmax itself runs in FP32 between a dequantize and that quantize.
+# ```

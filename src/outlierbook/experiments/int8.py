@@ -1,0 +1,64 @@
+"""The "From simulation to silicon" chapter: the book's recipes as integer models, against the toolkits' own.
+
+:func:`recipes` are the exported recipes (W8A8, the FasterTransformer placement, per-channel weights,
+per-tensor activations with average min-max ranges); :func:`variants_for` builds every deployable variant of
+one task's FP model; :func:`metric_table` scores them; :func:`signed_weights_damage` measures what the
+saturating u8·s8 kernels of this CPU would cost.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..deploy.runtime import Variant, baselines, recipe_variant
+from ..recipe import GammaMigration, Ranges, Recipe, TokenWiseClipping, quantize
+
+BASE = dict(bits="W8A8", placement="os", act_estimator="avg_minmax")
+
+
+def recipes(twc_max_candidates: int | None = None) -> dict[str, Recipe]:
+    twc = TokenWiseClipping(max_candidates=twc_max_candidates)
+    return {
+        "book MinMax": Recipe(**BASE),
+        "book GM": Recipe(**BASE, transforms=(GammaMigration(),)),
+        "book GM + TWC": Recipe(**BASE, transforms=(GammaMigration(),), calibrators=(Ranges(), twc)),
+    }
+
+
+def variants_for(setup, batches, folder, twc_max_candidates=None, threads: int = 1) -> tuple[dict, dict]:
+    """``(variants, simulated)``: every deployable variant of the task's FP model, and the calibrated simulated
+    model of each book recipe (the integer model's reference)."""
+    folder = Path(folder) / setup.task
+    variants = baselines(setup.model, batches, folder, threads)
+    simulated = {}
+    for name, recipe in recipes(twc_max_candidates).items():
+        simulated[name] = quantize(setup.model, recipe, batches)
+        variants[name] = recipe_variant(simulated[name], batches[0], folder, name, threads)
+    return variants, simulated
+
+
+def metric_table(setup, variants: dict[str, Variant], simulated: dict) -> pd.DataFrame:
+    """Task metric of every variant (and of each recipe's simulation), size against FP32 ONNX, integer products."""
+    reference = variants["ORT FP32"].bytes
+    rows = [{"variant": name, "metric": setup.score(v.model), "size vs FP32": v.bytes / reference,
+             "integer products": v.integer_products} for name, v in variants.items()]
+    rows += [{"variant": f"{name} (simulated)", "metric": setup.score(qm), "size vs FP32": None,
+              "integer products": None} for name, qm in simulated.items()]
+    return pd.DataFrame(rows).set_index("variant")
+
+
+def signed_weights_damage(setup, qm, batch, folder, threads: int = 1) -> dict:
+    """The same recipe exported with signed (int8) weights, which this CPU multiplies by saturating 16-bit
+    pair sums when it lacks VNNI, against the unsigned file."""
+    from ..deploy import export
+    from ..deploy.runtime import RuntimeModel, _output_name
+    from ..deploy.onnx_export import session
+
+    out = {}
+    for label, unsigned in (("uint8 weights", True), ("int8 weights", False)):
+        path = export(qm, batch, Path(folder) / f"{setup.task}_{'u' if unsigned else 's'}8.onnx",
+                      unsigned_weights=unsigned)
+        out[label] = setup.score(RuntimeModel(session(path, threads), qm.config, _output_name(qm)))
+    return out
