@@ -49,16 +49,22 @@ def metric_table(setup, variants: dict[str, Variant], simulated: dict) -> pd.Dat
     return pd.DataFrame(rows).set_index("variant")
 
 
-def signed_weights_damage(setup, qm, batch, folder, threads: int = 1) -> dict:
+def signed_weights_damage(setup, qm, batch, probe, folder, threads: int = 1) -> pd.DataFrame:
     """The same recipe exported with signed (int8) weights, which this CPU multiplies by saturating 16-bit
-    pair sums when it lacks VNNI, against the unsigned file."""
+    pair sums when it lacks VNNI, against the unsigned file: task metric, and on ``probe`` the largest share
+    of integer codes that differ from the simulation at any node and the largest difference in steps."""
     from ..deploy import export
-    from ..deploy.runtime import RuntimeModel, _output_name
+    from ..deploy.agreement import node_agreement
     from ..deploy.onnx_export import session
+    from ..deploy.runtime import RuntimeModel, _output_name
 
-    out = {}
+    rows = {}
     for label, unsigned in (("uint8 weights", True), ("int8 weights", False)):
         path = export(qm, batch, Path(folder) / f"{setup.task}_{'u' if unsigned else 's'}8.onnx",
                       unsigned_weights=unsigned)
-        out[label] = setup.score(RuntimeModel(session(path, threads), qm.config, _output_name(qm)))
-    return out
+        agreement = node_agreement(qm, path, probe, threads)
+        rows[label] = {"metric": setup.score(RuntimeModel(session(path, threads), qm.config, _output_name(qm))),
+                       "first layer: codes differing": agreement.loc[[n for n in agreement.index
+                                                                      if n.startswith("layer0.")], "differing"].max(),
+                       "max steps, any node": int(agreement["max steps"].max())}
+    return pd.DataFrame(rows).T
