@@ -130,3 +130,20 @@ def test_energy_formula_extremes():
     fp16 = 1 - relative_energy(50, 50, 0.5, "fp16")
     int8 = 1 - relative_energy(50, 50, 0.5, "int8")
     assert fp16 > int8 > 0 and math.isfinite(int8)
+
+
+def test_naq_executing_restores_the_model_even_when_the_block_fails():
+    from outlierbook.naq.wrapper import naq_executing
+
+    model, batch = _model(), _batch()
+    with torch.no_grad():
+        ref = model(**batch).last_hidden_state
+        with naq_executing(model, t_qp=INF, t_as=INF, t_sum=-INF) as naq:
+            low = naq(**batch).last_hidden_state
+            assert naq.stats.share("ffn") == 1
+        assert not torch.allclose(low, ref, atol=1e-3)
+        with pytest.raises(RuntimeError, match="inside"):
+            with naq_executing(model, t_qp=INF, t_as=INF, t_sum=-INF):
+                raise RuntimeError("a failure inside the block")
+        assert model.config._attn_implementation != "outlierbook"
+        assert torch.equal(model(**batch).last_hidden_state, ref)

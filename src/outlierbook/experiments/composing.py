@@ -31,7 +31,7 @@ from tqdm import tqdm
 from ..memo import Memo
 from ..methods.peg import peg_config
 from ..models.attention_variants import AttentionVariant
-from ..naq.wrapper import NAQModel
+from ..naq.wrapper import naq_executing
 from ..nbsetup import progress_enabled
 from ..quant.granularity import group_counts
 from ..recipe import (AttentionVariantTransform, Bits, GammaMigration, PegPermutation, Ranges, Recipe, SmoothQuant,
@@ -100,9 +100,9 @@ def naq_on_top(setup, batches, t_qp: float = 0.0, t_as: float = -3.0, t_sum: flo
 
     qm = quantize(setup.model, recipes("W8A8", setup.model.config.hidden_size)["MinMax"], batches)
     w8a8 = setup.score(qm)
-    naq = NAQModel(qm.model, t_qp=t_qp, t_as=t_as, t_sum=t_sum)
-    value = setup.score(naq)
-    m = macs_from_counts(naq.stats, setup.model.config)
+    with naq_executing(qm.model, t_qp=t_qp, t_as=t_as, t_sum=t_sum) as naq:
+        value = setup.score(naq)
+        m = macs_from_counts(naq.stats, setup.model.config)
     return {"task": setup.task, "W8A8": w8a8, "W8A8 + NAQ": value, "avoided_share": m["avoided_share"]}
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..naq.macs import relative_energy
-from ..naq.wrapper import NAQModel
+from ..naq.wrapper import naq_executing
 from ..nbsetup import progress_enabled
 
 INF = math.inf
@@ -38,12 +38,9 @@ def macs_from_counts(stats, config) -> dict:
 
 def naq_point(setup, t_qp=-INF, t_as=-INF, t_sum=INF, bits: int = 4, max_input: float = 4.0) -> dict:
     """Score the task with NAQ at one threshold setting; shares, MACs and relative energies."""
-    naq = NAQModel(setup.model, t_qp=t_qp, t_as=t_as, t_sum=t_sum, bits=bits, max_input=max_input)
-    try:
+    with naq_executing(setup.model, t_qp=t_qp, t_as=t_as, t_sum=t_sum, bits=bits, max_input=max_input) as naq:
         value = setup.score(naq)
         m = macs_from_counts(naq.stats, setup.model.config)
-    finally:
-        naq.remove()
     p = m["avoided_share"]
     return {"task": setup.task, "t_qp": t_qp, "t_as": t_as, "t_sum": t_sum, "value": value, **m,
             "energy_vs_fp16": relative_energy(m["pre_macs"], m["other_macs"], p, "fp16"),

@@ -18,6 +18,7 @@ excluded (the authors' code counts masked positions, which inflates the share).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -150,3 +151,16 @@ class NAQModel(nn.Module):
         release(self.model, "naq", self.parts)
         self._pre = None
         return self.model
+
+
+@contextlib.contextmanager
+def naq_executing(model: nn.Module, **thresholds):
+    """``with naq_executing(model, t_qp=..., t_as=..., t_sum=...) as naq:`` — the model executed by NAQ inside
+    the block (``naq.stats`` counts what took the low-precision path), restored exactly afterwards, also when
+    the block fails. ``model`` may be an FP model or a quantized model's own Hugging Face model."""
+    naq = NAQModel(model, **thresholds)
+    try:
+        yield naq
+    finally:
+        naq.remove()
+
