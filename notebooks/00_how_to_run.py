@@ -61,6 +61,12 @@
 #   to this model, the full evaluation sets, several seeds. Its results are committed under
 #   `results/<chapter>/full/` together with the `run.json` that says how they were made.
 #
+# The book you read is a quick build, but its **results are the full run's**: where a chapter has a
+# stored full run, each section prints its own quick numbers as a labelled smoke test and then shows
+# the full run's table, beside the paper's numbers, with a caption naming the commit and date of the
+# run it comes from (`outlierbook.headline`). Where no full run is stored yet, the caption says so
+# and the quick numbers are shown, not judged.
+#
 # ## Running things
 #
 # ```bash

@@ -71,6 +71,7 @@ from outlierbook.experiments.problem import node_sensitivity, weight_act_sweep
 from outlierbook.models.tasks import task_setup
 from outlierbook.quant.calibrate import calibration_batches
 from outlierbook.recipe import Recipe, quantize
+from outlierbook.headline import headline_table, run_label
 from outlierbook.results import Recorder, dumps, full_profile_verdicts
 
 rec = Recorder("02_the_problem", profile, params=dict(model=model, tasks=tasks, eval_limit=eval_limit, n_calib=n_calib,
@@ -128,6 +129,7 @@ wide["average"] = wide.mean(axis=1)
 rec.update({f"sweep/{setting}/{t}": v for setting, row in wide.iterrows() for t, v in row.items()})
 
 # %% tags=["nbval-check-output"]
+print(run_label(profile))
 print(wide.round(2).to_string())
 
 # %% [markdown]
@@ -143,10 +145,13 @@ paper = compare.load_paper("understanding", "Table 1")
 paper_fp = paper[paper.setting == "FP32"].set_index("metric")["value"]
 paper_drop = paper[paper.setting != "FP32"].assign(
     value=lambda d: d["value"] - d["metric"].map(paper_fp), setting=lambda d: "drop " + d["setting"])
-ours_drop = pd.DataFrame([{"setting": f"drop {setting}", "metric": PAPER_NAME[t], "value": wide.loc[setting, t] - wide.loc["FP32", t]}
-                          for setting in ("W8A8", "W32A8", "W8A32") for t in tasks])
-table1 = compare.compare(paper_drop[paper_drop.metric.isin(ours_drop.metric)], ours_drop, tol=1.0, profile=profile)
-compare.styled(table1, "ch02_table1", caption="Drop from FP32 (points): Bondarenko et al. 2021 Table 1 (BERT-base) vs ours (MiniLM)")
+shown = headline_table("02_the_problem", profile, "sweep", wide, column_order=list(PAPER_NAME))
+ours_drop = pd.DataFrame([{"setting": f"drop {setting}", "metric": PAPER_NAME[t],
+                           "value": shown.table.loc[setting, t] - shown.table.loc["FP32", t]}
+                          for setting in ("W8A8", "W32A8", "W8A32") for t in shown.table.columns if t in PAPER_NAME])
+table1 = compare.compare(paper_drop[paper_drop.metric.isin(ours_drop.metric)], ours_drop, tol=1.0, profile=shown.profile)
+compare.styled(table1, "ch02_table1", caption=shown.caption(
+    "Drop from FP32 (points): Bondarenko et al. 2021 Table 1 (BERT-base) vs ours (MiniLM)"))
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.4))

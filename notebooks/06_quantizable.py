@@ -99,7 +99,8 @@ from outlierbook.experiments import quantizable as qx
 from outlierbook.models.attention_variants import AttentionVariant
 from outlierbook.models.pretrain import PretrainConfig
 from outlierbook.nbsetup import progress_enabled
-from outlierbook.results import Recorder, dumps, full_profile_verdicts, stored_full_run
+from outlierbook.headline import SMOKE_TEST, run_label
+from outlierbook.results import Recorder, dumps, full_profile_verdicts, provenance, stored_full_run
 
 rec = Recorder("06_quantizable", profile, params=dict(
     hidden=hidden, layers=layers, heads=heads, ffn=ffn, seq_len=seq_len, vocab_size=vocab_size,
@@ -273,14 +274,37 @@ rec.add_rows(pd.DataFrame(t1_rows).assign(experiment="table1"))
 table1 = qx.mean_std(t1_rows).set_index("label")
 
 # %% tags=["nbval-check-output"]
+print(run_label(profile))
 print(table1[["ppl_fp", "max_inf_norm", "avg_kurtosis", "ppl_w8a8", "n_seeds"]].round(2).to_string())
 
 # %% [markdown]
-# The paper's Table 1 beside ours (BERT-base, 1 M steps; our rows at our T):
+# The result, the paper's Table 1 (BERT-base, 1 M steps) beside ours (our rows at our T; in a quick build
+# the stored full run, whose numbers are the chapter's results):
 
 # %%
-paper1 = compare.load_paper("quantizable", "Table 1").pivot(index="setting", columns="metric", values="value")
-print(paper1[["FP ppl", "max inf-norm", "avg kurtosis", "W8A8 ppl"]].to_string())
+stored_full = None if profile == "full" else stored_full_run("06_quantizable")
+stored_tables = qx.stored_tables(stored_full["table"]) if stored_full else {}
+
+
+def shown_table(key: str, current: pd.DataFrame):
+    """The stored full run's table in a quick build, this run's otherwise, with a line saying which."""
+    if key in stored_tables:
+        return stored_tables[key], provenance(stored_full)
+    return current, "this run" + ("" if profile == "full" else f" ({SMOKE_TEST})")
+
+
+def shown_rows(experiment: str, current: pd.DataFrame):
+    """The stored full run's rows of one experiment (for a figure) in a quick build, this run's otherwise."""
+    table = stored_full["table"] if stored_full else None
+    if table is not None and "experiment" in table and (table["experiment"] == experiment).any():
+        return table[table["experiment"] == experiment].reset_index(drop=True), "full run"
+    return current, "this run"
+
+
+shown1, source1 = shown_table("table1", table1)
+side1 = qx.beside_paper(shown1, compare.load_paper("quantizable", "Table 1"), qx.table1_setting)
+side1.style.set_uuid("ch06_table1").format({c: "{:.2f}" for c in side1.columns if c[1] == "paper"}, na_rep="—").set_caption(
+    f"Table 1: the paper (BERT-base) beside ours ({sweep_model}, mean and std over training seeds). Ours: {source1}")
 
 # %% [markdown]
 # ## Table 2: vanilla, clipped softmax and gated attention, encoder and decoder
@@ -306,11 +330,22 @@ table2 = qx.mean_std(t2_rows).set_index("label")
 rec.update({f"table2/{label}/{m}": float(table2.loc[label, m]) for label in table2.index for m in qx.METRICS})
 
 # %% tags=["nbval-check-output"]
+print(run_label(profile))
 print(table2[["ppl_fp", "ppl_fp_std", "max_inf_norm", "avg_kurtosis", "ppl_w8a8", "ppl_w8a8_std"]].round(2).to_string())
 
+# %% [markdown]
+# The result, the paper's Table 2 beside ours. In a quick build "ours" is the stored full run (2000
+# steps, two training seeds); the numbers above are the smoke test. Read each fix against its own
+# model's vanilla row: the absolute values are not comparable with models a hundred times larger.
+
 # %%
-paper2 = compare.load_paper("quantizable", "Table 2").pivot(index="setting", columns="metric", values="value")
-print(paper2[["FP ppl", "max inf-norm", "avg kurtosis", "W8A8 ppl"]].to_string())
+shown2, source2 = shown_table("table2", table2)
+paper2 = compare.load_paper("quantizable", "Table 2")
+side2 = qx.beside_paper(shown2, paper2, qx.table2_setting)
+side2.style.set_uuid("ch06_table2").format({c: "{:.2f}" for c in side2.columns if c[1] == "paper"},
+                                           na_rep="—").set_caption(
+    f"Table 2: the paper (BERT-base, OPT-125m) beside ours (encoder and decoder, mean and std over training "
+    f"seeds). Ours: {source2}")
 
 # %% [markdown]
 # Did clipping leave attention alive? The share of attention rows with any non-zero probability on the
@@ -352,11 +387,14 @@ f6["relative log-ppl"] = [qx.relative_log_ppl(r.ppl_fp, ref.loc[r.seq_len, "ppl_
 rec.add_rows(f6.assign(experiment="figure6"))
 
 # %%
+f6_shown, source6 = shown_rows("figure6", f6)  # a quick build plots the stored full run's models
+ref_shown = f6_shown[f6_shown.softmax == "vanilla"].set_index("seq_len")
 fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.2))
-for T, g in f6[f6.softmax == "clipped"].groupby("seq_len"):
-    axes[0].plot(g["alpha"], g["relative log-ppl"], marker="o", label=f"T = {T}")
-    axes[1].plot(g["alpha"], g["max_inf_norm"], marker="o", label=f"T = {T}")
-    axes[1].axhline(ref.loc[T, "max_inf_norm"], ls=":", color=axes[1].lines[-1].get_color())
+fig.suptitle(source6, fontsize=9)
+for T, g in f6_shown[f6_shown.softmax == "clipped"].groupby("seq_len"):
+    axes[0].plot(g["alpha"], g["relative log-ppl"], marker="o", label=f"T = {int(T)}")
+    axes[1].plot(g["alpha"], g["max_inf_norm"], marker="o", label=f"T = {int(T)}")
+    axes[1].axhline(ref_shown.loc[T, "max_inf_norm"], ls=":", color=axes[1].lines[-1].get_color())
 axes[0].set(xscale="log", xlabel="α", ylabel="relative FP log-ppl (↑)", title="(a)")
 axes[1].set(xscale="log", yscale="log", xlabel="α", ylabel="max inf-norm", title="(b) dotted: vanilla")
 axes[0].legend()
@@ -379,10 +417,12 @@ fig7_cfgs = {f"π_init={p:g}": replace(sweep, variant=AttentionVariant(gate="lin
 f7_rows, _ = qx.run_models(fig7_cfgs, seeds[:1], data, progress=progress, **ev)
 f7 = pd.DataFrame(f7_rows)
 rec.add_rows(f7.assign(experiment="figure7"))
-vanilla_ref = table2.loc[f"{sweep_model} vanilla"]
+f7_shown, source7 = shown_rows("figure7", f7)  # a quick build plots the stored full run's models
+vanilla_ref = shown_table("table2", table2)[0].loc[f"{sweep_model} vanilla"]
 fig, axes = plt.subplots(3, 1, figsize=(6.4, 7), sharex=True)
+fig.suptitle(source7, fontsize=9)
 for ax, col in zip(axes, ["ppl_fp", "max_inf_norm", "ppl_w8a8"]):
-    ax.plot(f7["pi_init"], f7[col], marker="o")
+    ax.plot(f7_shown["pi_init"], f7_shown[col], marker="o")
     ax.axhline(vanilla_ref[col], ls=":", color="grey")
     ax.set(ylabel=col, title=f"{col} (dotted: vanilla)")
 axes[-1].set(xlabel="π_init")
@@ -500,16 +540,17 @@ print("results written for", rec.chapter, rec.profile)
 print(full_profile_verdicts("06_quantizable", profile))
 
 # %% [markdown]
-# And the full run's tables, rebuilt from its stored rows (seed means; the paper's Tables 1 and 2 are
-# printed beside the quick run's above):
+# And the full run's other tables, rebuilt from its stored rows (seed means; Tables 1 and 2 are shown
+# beside the paper's in their sections above):
 
 # %% tags=["nbval-check-output"]
 FULL_COLUMNS = {"table1": ["ppl_fp", "max_inf_norm", "avg_kurtosis", "ppl_w8a8", "n_seeds"],
                 "table2": ["ppl_fp", "ppl_fp_std", "max_inf_norm", "avg_kurtosis", "ppl_w8a8", "ppl_w8a8_std", "n_seeds"],
                 "figure6": None, "figure7": None}
-stored_full = None if profile == "full" else stored_full_run("06_quantizable")
-full_tables = qx.stored_tables(stored_full["table"]) if stored_full else {}
+full_tables = stored_tables
 for key, table in full_tables.items():
+    if key in ("table1", "table2"):
+        continue
     shown = table if FULL_COLUMNS[key] is None else table[FULL_COLUMNS[key]]
     print(f"{key} (full profile)\n{shown.round(2).to_string()}\n")
 if not full_tables:

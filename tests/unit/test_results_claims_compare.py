@@ -91,7 +91,7 @@ def test_compare_verdicts():
 
 
 def test_transcribed_paper_files_are_well_formed():
-    for paper in ("model_cards", "understanding"):
+    for paper in ("model_cards", "understanding", "quantizable", "outlier_suppression", "naq"):
         df = compare.load_paper(paper)
         assert not df.empty and df["value"].notna().all()
     assert compare.load_paper("understanding", "Table 1").shape[0] == 36

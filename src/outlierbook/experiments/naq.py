@@ -61,3 +61,39 @@ def best_within(df: pd.DataFrame, fp_value: float, max_drop: float) -> pd.Series
     """The point that avoids the most pre-nonlinearity FP compute while losing at most ``max_drop``."""
     ok = df[fp_value - df["value"] <= max_drop]
     return None if ok.empty else ok.loc[ok["avoided_share"].idxmax()]
+
+
+# Our stored metric (``{task}`` per task) for each quantity the paper reports (results/paper/naq.csv).
+PAPER_QUANTITIES = {
+    "pre-nonlinearity share of computation": "pre_share/T128",
+    "share of FP pre-nonlinearity computation avoided (GPTQ LLMs)": "best/{task}/avoided_share",
+    "share of FP pre-nonlinearity computation avoided (PTQ4ViT)": "best/{task}/avoided_share",
+    "relative energy against an FP16 baseline (GPTQ LLMs)": "best/{task}/energy_vs_fp16",
+    "relative energy against an INT8 baseline (PTQ4ViT)": "best/{task}/energy_vs_int8",
+}
+
+
+def paper_text(rows: pd.DataFrame) -> str:
+    """The paper's statement of one quantity: a range "0.24–0.62", "more than 0.40" or "lowest reported 0.71"."""
+    v = dict(zip(rows["metric"], rows["value"]))
+    if "from" in v and "to" in v:
+        return f"{v['from']:.2f}–{v['to']:.2f}"
+    (what, value), = v.items()
+    return f"{what} {value:.2f}"
+
+
+def beside_paper(metrics: dict, tasks, paper: pd.DataFrame) -> pd.DataFrame:
+    """The paper's NAQ numbers beside ours: one row per quantity the paper reports, its statement
+    (:func:`paper_text`), its source, and our value per task (``metrics``: a run's flat metrics; our
+    avoided share and energies are at each task's best point within one metric point of FP). The
+    paper's models are LLMs and ViTs, so ours is read against its range, not matched to a number."""
+    rows = []
+    for quantity, key in PAPER_QUANTITIES.items():
+        theirs = paper[paper["setting"] == quantity]
+        row = {"quantity": quantity, "paper": paper_text(theirs),
+               "source": f"{theirs['table'].iloc[0]}, {theirs['page'].iloc[0]}"}
+        for t in tasks:
+            value = metrics.get(key.format(task=t))
+            row[t] = float(value) if value is not None else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("quantity")

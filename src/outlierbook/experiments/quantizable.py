@@ -225,3 +225,48 @@ def stored_tables(table) -> dict:
             shown = rows[[c for c in cols if c in rows]].reset_index(drop=True)
             out[key] = shown.astype({"seq_len": int}) if "seq_len" in shown else shown
     return out
+
+
+PAPER_MODEL = {"encoder": "BERT", "decoder": "OPT"}
+PAPER_METRIC = {"ppl_fp": "FP ppl", "max_inf_norm": "max inf-norm", "avg_kurtosis": "avg kurtosis",
+                "ppl_w8a8": "W8A8 ppl"}
+
+
+def table2_setting(label: str) -> str:
+    """Our Table 2 label as the paper's row: our encoder is its BERT, our decoder its OPT."""
+    kind, attention = label.split(" ", 1)
+    return f"{PAPER_MODEL[kind]} {attention}"
+
+
+def table1_setting(label: str) -> str:
+    """Our Table 1 label ("vanilla", "γ=-0.03·128/T, ζ=1") as the paper's row ("gamma=-0.03, zeta=1")."""
+    if label == "vanilla":
+        return "gamma=0, zeta=1 (vanilla)"
+    gamma, zeta = (part.split("=", 1)[1] for part in label.split(", "))
+    return f"gamma={gamma.split('·')[0]}, zeta={zeta}"
+
+
+def beside_paper(table, paper, setting_of):
+    """A table of ours beside the paper's numbers, one row per our label (and the paper's row it
+    matches, ``setting_of(label)``). ``table`` is our seed-mean table indexed by label with
+    ``<metric>_std`` columns (:func:`mean_std`); ``paper`` the transcribed rows of the same table.
+    Columns: for each metric, the paper's value and ours as "mean ± std" over training seeds (the
+    mean alone for one seed).
+    The absolute values are not comparable (models a hundred times smaller, trained on far fewer
+    tokens); the comparable quantity is each fix's effect relative to its model's vanilla row."""
+    import pandas as pd
+
+    paper = paper.pivot(index="setting", columns="metric", values="value")
+    rows = {}
+    for label in table.index:
+        setting = setting_of(label)
+        row = {}
+        for ours, theirs in PAPER_METRIC.items():
+            row[(theirs, "paper")] = paper.loc[setting, theirs] if setting in paper.index else float("nan")
+            mean, n = float(table.loc[label, ours]), int(table.loc[label, "n_seeds"]) if "n_seeds" in table else 1
+            std = float(table.loc[label, f"{ours}_std"]) if f"{ours}_std" in table and n > 1 else None
+            row[(theirs, "ours")] = f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+        rows[label] = row
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.columns = pd.MultiIndex.from_tuples(out.columns)
+    return out
