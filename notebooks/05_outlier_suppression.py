@@ -55,6 +55,8 @@ table4_bits = ["6-6-6", "8-8-8"]
 qat_bits = ["4-4-4"]
 qat_steps = 20
 qat_batch_size = 16
+selective_gm = ["sgm+minmax"]
+authors_omse = False
 seed = 0
 
 # %%
@@ -65,19 +67,25 @@ settings = setup_notebook(seed=seed)
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from outlierbook import claims, compare
+from outlierbook import claims, compare, competence
 from outlierbook.experiments import outlier_suppression as osx
 from outlierbook.methods.token_wise_clipping import grid as twc_grid
 from outlierbook.models.tasks import task_setup
 from outlierbook.quant.calibrate import calibration_batches
 from outlierbook.recipe import quantize
+from outlierbook.headline import headline_table, run_label
 from outlierbook.results import Recorder, dumps, full_profile_verdicts
 
 rec = Recorder("05_outlier_suppression", profile, params=dict(
     model=model, tasks=tasks, eval_limit=eval_limit, n_calib=n_calib, twc_max_candidates=twc_max_candidates,
     percentiles=percentiles, table4_bits=table4_bits, qat_bits=qat_bits, qat_steps=qat_steps,
-    qat_batch_size=qat_batch_size, seed=seed))
+    qat_batch_size=qat_batch_size, selective_gm=selective_gm, authors_omse=authors_omse, seed=seed))
 PAPER_NAME = {"stsb": "STS-B", "sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE"}
+
+
+def result(prefix: str, current: pd.DataFrame):
+    """This section's result: the stored full run's table in a quick build, else this run's (see chapter 0)."""
+    return headline_table("05_outlier_suppression", profile, prefix, current, column_order=list(PAPER_NAME))
 cosine_task = "sst2"  # the paper's Tables 1 and 2 use BERT-SST-2
 all_tasks = list(dict.fromkeys([cosine_task, *tasks]))
 setups = {t: task_setup(t, profile, model=model, eval_limit=eval_limit, data_source=data_source, seed=seed)
@@ -226,14 +234,78 @@ rec.add_rows(ablation.drop(columns=["fine_losses"], errors="ignore").assign(expe
 rec.update({f"table3/{label}/{t}": v for label, row in table3.iterrows() for t, v in row.items()})
 
 # %% tags=["nbval-check-output"]
+print(run_label(profile))
 print(table3.round(2).to_string())
 
+# %% [markdown]
+# The result, ours beside the paper's: in a quick build "ours" is the stored full run (all four tasks,
+# every dev example, 256 calibration examples, the whole search grid); the numbers above are the smoke test.
+
 # %%
+shown3 = result("table3", table3.rename_axis("label"))
+display(shown3.styled("ch05_table3_ours", "Table 3 (ours): the ablation at 6-6-6, with the four-task average"))
 paper_t3 = compare.load_paper("outlier_suppression", "Table 3")
-ours_t3 = table3.reset_index().melt(id_vars="label", var_name="task").query("task != 'average'")
+ours_t3 = shown3.table.reset_index().melt(id_vars="label", var_name="task").query("task != 'average'")
 ours_t3 = ours_t3.assign(setting=ours_t3.label, metric=ours_t3.task.map(PAPER_NAME))
-t3 = compare.compare(paper_t3[paper_t3.metric.isin(ours_t3.metric)], ours_t3, tol=2.0, profile=profile)
-compare.styled(t3, "ch05_table3", caption="Table 3 (paper: RoBERTa-base) beside ours (MiniLM), 6-6-6")
+t3 = compare.compare(paper_t3[paper_t3.metric.isin(ours_t3.metric)], ours_t3, tol=2.0, profile=shown3.profile)
+compare.styled(t3, "ch05_table3", caption=shown3.caption("Table 3 (paper: RoBERTa-base) beside ours (MiniLM), 6-6-6"))
+
+# %% [markdown]
+# ### Selective Gamma Migration: where γ shrinks the outliers and where it grows them
+#
+# Migration quantizes the non-scaling output $X' = \tilde X/\gamma$ (up to the bias term) in place of
+# $\tilde X = \gamma \odot X'$. On a dimension $j$ with $|\gamma_j| < 1$,
+#
+# $$|X'_j| = \frac{|\tilde X_j|}{|\gamma_j|} > |\tilde X_j| ,$$
+#
+# so where the outlier dimensions have $|\gamma| < 1$, migration makes the outliers *larger*: the
+# per-tensor range $\max_j |X'_j|$ widens and with it the step $s = (\max - \min)/(2^b - 1)$ of every
+# other dimension. Only where γ *amplifies* the outlier dimensions ($|\gamma| > 1$ there) does migration
+# shrink the range it is meant to shrink. The rule, fixed before we measured it: take the ten dimensions
+# of largest $\max|\tilde X|$ on the calibration batches (as the ledger's OS-1); migrate a LayerNorm iff
+# the mean $|\gamma|$ over them exceeds 1 (`methods.gamma_migration.outlier_gammas`; the recipe's
+# `GammaMigration(selective=True)`, the method prefix `sgm+`). The mean $|\gamma|$ at the outlier
+# dimensions of every LayerNorm that migration touches, per task:
+
+# %%
+from outlierbook.methods.gamma_migration import outlier_gammas
+
+gammas = pd.DataFrame({t: pd.DataFrame(outlier_gammas(setups[t].model, batches[t])).set_index("layernorm")[
+    "mean |γ| at outlier dims"] for t in tasks})
+rec.update({f"outlier_gamma/{ln}/{t}": v for ln, row in gammas.iterrows() for t, v in row.items()})
+
+# %% tags=["nbval-check-output"]
+print(run_label(profile))
+print(gammas.round(2).to_string())
+print(dumps({t: [ln for ln in gammas.index if gammas.loc[ln, t] > 1] for t in tasks}))
+
+# %% [markdown]
+# Selective migration against migrating every LayerNorm and none, at 6-6-6 on the same batches (the
+# quick profile runs it with MinMax only; the full profile also with Token-Wise Clipping):
+
+# %%
+SELECTIVE = {"sgm+minmax": "MinMax + selective GM", "sgm+twc": "selective GM + TWC"}
+sel = []
+for t in tasks:
+    sel += osx.run_methods(setups[t], selective_gm, bits666, batches[t], cache=cache,
+                           twc_max_candidates=twc_max_candidates)
+sel = pd.DataFrame(sel).assign(label=lambda d: d.method.map(SELECTIVE))
+rec.add_rows(sel.drop(columns=["fine_losses"], errors="ignore").assign(experiment="selective_gm"))
+selective = pd.concat([table3.loc[["MinMax", "MinMax + GM"] + (["TWC", "GM + TWC"] if "sgm+twc" in selective_gm else []),
+                                  tasks],
+                       sel.pivot(index="label", columns="task", values="value")[tasks]])
+selective = selective.loc[[r for r in ["MinMax", "MinMax + GM", "MinMax + selective GM", "TWC", "GM + TWC",
+                                       "selective GM + TWC"] if r in selective.index]]
+selective["average"] = selective[tasks].mean(axis=1)
+rec.update({f"selective_gm/{label}/{t}": v for label, row in selective.iterrows() for t, v in row.items()})
+
+# %% tags=["nbval-check-output"]
+print(run_label(profile))
+print(selective.round(2).to_string())
+
+# %%
+shown_sel = result("selective_gm", selective.rename_axis("label"))
+shown_sel.styled("ch05_selective_gm", "Selective Gamma Migration beside all and none, 6-6-6")
 
 # %% [markdown]
 # The paper's Table 3 is for RoBERTa, whose outliers are the strongest of its three models; the
@@ -247,11 +319,18 @@ qm = quantize(setups[t0].model, osx.recipe_for("gm+twc_coarse", bits666, twc_max
 search = qm.info["token_wise_clipping"]
 losses = pd.Series(search["losses"]).sort_index()
 rec.update({f"coarse_loss/{t0}/{p}": v for p, v in losses.items()})
+# the figure shows the stored full run's search (the whole grid, 256 examples) in a quick build that has one
+stored_losses = result("coarse_loss", pd.DataFrame(index=[t0], columns=[]))
+shown_loss = stored_losses.table.iloc[0].dropna() if stored_losses.from_stored_run else losses
+shown_loss.index = shown_loss.index.astype(float)
+shown_loss = shown_loss.sort_index()
 fig, ax = plt.subplots(figsize=(6, 3))
-ax.plot(100 * (1 - losses.index), losses.to_numpy(), "o-")
-ax.axvline(100 * (1 - search["best_p"]), color="C3", ls="--", lw=1, label="chosen")
+ax.plot(100 * (1 - shown_loss.index), shown_loss.to_numpy(), "o-")
+ax.axvline(100 * (1 - shown_loss.idxmin()), color="C3", ls="--", lw=1, label="chosen (least loss)")
+task_shown = stored_losses.table.index[0] if stored_losses.from_stored_run else t0
 ax.set(xlabel="tokens clipped per node (%)", ylabel="output MSE (sum over batches)", yscale="log",
-       title=f"Coarse stage on the migrated model ({PAPER_NAME[t0]}, 6-bit)")
+       title=f"Coarse stage on the migrated model ({PAPER_NAME[task_shown]}, 6-bit; "
+             f"{'full run' if stored_losses.from_stored_run else 'this run'})")
 ax.legend()
 plt.show()
 
@@ -288,25 +367,32 @@ table4.loc[("32-32-32", "FP32"), "average"] = sum(fp_scores.values()) / len(fp_s
 rec.update({f"table4/{b}/{label}/{t}": v for (b, label), row in table4.iterrows() for t, v in row.items()})
 
 # %% tags=["nbval-check-output"]
+print(run_label(profile))
 print(table4.round(2).to_string())
 
 # %%
+shown4 = result("table4", table4)
+display(shown4.styled("ch05_table4_ours", "Table 4 (ours): the methods at each bit-width, with the four-task average"))
 paper_t4 = compare.load_paper("outlier_suppression", "Table 4")
 NAME4 = {"MinMax": "MinMax", "OMSE": "OMSE", "Percentile (best on dev)": "Percentile", "EasyQuant": "EasyQuant",
          "PEG (K=6, permuted)": "PEG*", "Ours (GM + TWC)": "Ours", "FP32": "FP32"}
-ours_t4 = table4.drop(columns="average").reset_index().melt(id_vars=["bits", "label"], var_name="task")
+ours_t4 = shown4.table.drop(columns="average").reset_index().melt(id_vars=["bits", "label"], var_name="task")
 ours_t4 = ours_t4.assign(setting=ours_t4.label.map(NAME4) + " " + ours_t4.bits, metric=ours_t4.task.map(PAPER_NAME))
-t4 = compare.compare(paper_t4[paper_t4.metric.isin(ours_t4.metric)], ours_t4, tol=2.0, profile=profile)
-compare.styled(t4, "ch05_table4", caption="Table 4 (paper: BERT-base) beside ours (MiniLM); PEG* used PEG's own positions")
+t4 = compare.compare(paper_t4[paper_t4.metric.isin(ours_t4.metric)], ours_t4, tol=2.0, profile=shown4.profile)
+compare.styled(t4, "ch05_table4", caption=shown4.caption(
+    "Table 4 (paper: BERT-base) beside ours (MiniLM); PEG* used PEG's own positions"))
 
 # %% [markdown]
 # ## Tables 14 and 15: how long does calibration take?
 #
 # The paper reports wall-clock activation calibration on 256 samples: TWC's coarse stage
-# (30-point grid) 136 s against 1754 s for OMSE by grid search. We time every method above on the
-# same batches in this run (`seconds` excludes evaluation). Our "OMSE" is the golden-section search;
-# the grid variant (100 candidates per node) is timed separately below. Timings depend on the
-# machine and vary between runs, so they are printed, not checked.
+# (30-point grid) 136 s against 1754 s for the authors' OMSE, which runs scipy's bounded search of
+# each node's range on every calibration batch and averages the results. We time every method above on
+# the same batches in this run (`seconds` excludes evaluation). Our "OMSE" is a vectorised
+# golden-section search on a pooled sample; the grid variant (100 candidates per node) is timed
+# separately below; the authors' per-batch OMSE (`omse_per_batch`, `quant.estimators.PerBatchOMSE`)
+# is timed in the full profile only, in the claim check (it takes hours on this CPU). Timings depend
+# on the machine and vary between runs, so they are printed, not checked.
 
 # %%
 t0 = tasks[0]
@@ -343,14 +429,18 @@ rec.add_rows(table5.assign(experiment="table5_qat"))
 rec.update({f"table5/{r.bits}/{r.variant}/{k}": getattr(r, k) for r in table5.itertuples() for k in ("ptq_init", "value")})
 
 # %% tags=["nbval-check-output"]
+print(run_label(profile))
 print(table5[["bits", "variant", "ptq_init", "value"]].round(2).to_string(index=False))
 
 # %%
+shown5 = result("table5", table5.set_index(["bits", "variant"])[["ptq_init", "value"]])
 paper_t5 = compare.load_paper("outlier_suppression", "Table 5")
 VAR5 = {"LSQ+": "LSQ+", "PACT": "PACT", "Ours (GM + TWC coarse → LSQ+)": "Ours"}
-ours_t5 = table5.assign(setting=table5.variant.map(VAR5) + " " + table5.bits, metric="SST-2")
-t5 = compare.compare(paper_t5[paper_t5.metric == "SST-2"], ours_t5, tol=2.0, profile=profile)
-compare.styled(t5, "ch05_table5", caption="Table 5 (paper: BERT-base, SST-2) beside ours (MiniLM, SST-2, CPU budget)")
+ours_t5 = shown5.table.reset_index()
+ours_t5 = ours_t5.assign(setting=ours_t5.variant.map(VAR5) + " " + ours_t5.bits, metric="SST-2")
+t5 = compare.compare(paper_t5[paper_t5.metric == "SST-2"], ours_t5, tol=2.0, profile=shown5.profile)
+compare.styled(t5, "ch05_table5", caption=shown5.caption(
+    "Table 5 (paper: BERT-base, SST-2) beside ours (MiniLM, SST-2, CPU budget)"))
 
 # %% [markdown]
 # ## Not reproduced: question answering and summarization (Tables 6 and 7)
@@ -385,38 +475,77 @@ w_drop = (w_cos.original - w_cos.gamma_scaled).max()
 claims.check(rec, "OS-3", ours={"largest drop (points)": round(float(w_drop), 3)}, paper="≤ 0.05 points (Table 2)",
              holds=bool(w_drop <= 0.1), note="6-bit per-channel FFN1 weights, every layer")
 
-avg3 = table3["average"]
-claims.check(rec, "OS-7", ours={k: round(float(v), 2) for k, v in avg3.items()},
+# The ledger's competence precondition (2026-11-29): a task enters an average only if its FP model beats the
+# majority class by 5 points; each averaged claim is also evaluated under the old rule (every task) beside it.
+state = competence.status(fp_scores, {t: setups[t].eval_data.labels for t in tasks})
+
+
+def excluded(a):
+    return {f"{t} (excluded)": {k: round(float(v), 2) for k, v in col.items()} for t, col in a.excluded.items()}
+
+
+a3 = competence.averages(table3[tasks], state)
+os7 = lambda v: bool(v["MinMax"] < v["MinMax + GM"] and v["TWC"] < v["GM + TWC"])
+avg3 = a3.new if a3.new is not None else a3.old
+claims.check(rec, "OS-7", ours={**{k: round(float(v), 2) for k, v in avg3.items()}, **excluded(a3)},
              paper="RoBERTa 6-6-6: MinMax < MinMax+GM; TWC < GM+TWC on every task",
-             holds=bool(avg3["MinMax"] < avg3["MinMax + GM"] and avg3["TWC"] < avg3["GM + TWC"]),
-             note=f"averages over {', '.join(tasks)}")
+             holds=None if a3.new is None else os7(a3.new), old_rule=os7(a3.old),
+             note=f"averages over {', '.join(a3.tasks)}; {competence.note(state, a3)}")
 
-avg4 = table4["average"]
+a4 = competence.averages(table4[tasks], state)
+
+
+def os8(v):
+    six = v.xs("6-6-6", level="bits")
+    eight = v.xs("8-8-8", level="bits") if "8-8-8" in table4_bits else None
+    fp_avg = float(v[("32-32-32", "FP32")])
+    return bool(six["Ours (GM + TWC)"] >= six.drop(["Ours (GM + TWC)"]).max()
+                and (eight is None or fp_avg - eight["Ours (GM + TWC)"] <= 1.0))
+
+
+avg4 = a4.new if a4.new is not None else a4.old
 six = avg4.xs("6-6-6", level="bits")
-eight = avg4.xs("8-8-8", level="bits") if "8-8-8" in table4_bits else None
-fp_avg = float(table4.loc[("32-32-32", "FP32"), "average"])
-others6 = six.drop(["Ours (GM + TWC)"])
-os8_ours = {"6-6-6 ours": float(six["Ours (GM + TWC)"]), "6-6-6 best other": float(others6.max()),
+fp_avg = float(avg4[("32-32-32", "FP32")])
+os8_ours = {"6-6-6 ours": float(six["Ours (GM + TWC)"]), "6-6-6 best other": float(six.drop(["Ours (GM + TWC)"]).max()),
             "gap to FP (6-6-6)": fp_avg - float(six["Ours (GM + TWC)"])}
-if eight is not None:
-    os8_ours["gap to FP (8-8-8 ours)"] = fp_avg - float(eight["Ours (GM + TWC)"])
+if "8-8-8" in table4_bits:
+    os8_ours["gap to FP (8-8-8 ours)"] = fp_avg - float(avg4.xs("8-8-8", level="bits")["Ours (GM + TWC)"])
 claims.check(rec, "OS-8", ours=os8_ours, paper="BERT avg: ours 81.19 vs FP 83.83 at 6-6-6 (gap 2.64); 8-8-8 83.96",
-             holds=bool(six["Ours (GM + TWC)"] >= others6.max()
-                        and (eight is None or fp_avg - eight["Ours (GM + TWC)"] <= 1.0)),
-             note="best on the average at 6-6-6 (ties count) and 8-8-8 within 1 point of FP")
+             holds=None if a4.new is None else os8(a4.new), old_rule=os8(a4.old),
+             note=f"best on the average over {', '.join(a4.tasks)} at 6-6-6 (ties count) and 8-8-8 within 1 point of FP; "
+                  f"{competence.note(state, a4)}")
 
-t_coarse = cache[(tasks[0], "twc_coarse", "6-6-6")]["seconds"]
-t_grid = cache[(tasks[0], "mse_grid", "6-6-6")]["seconds"]
-claims.check(rec, "OS-9", ours={"TWC coarse (s)": round(t_coarse, 1), "OMSE grid (s)": round(t_grid, 1),
+# OS-9 changed on 2026-11-29: the reference is the authors' OMSE (scipy's bounded search on every batch,
+# `omse_per_batch`), timed in the same run on the same batches; the vectorised OMSE and the grid are timed
+# beside it. The per-batch search takes hours on this CPU, so only the full profile runs it.
+seconds = {m: cache[(tasks[0], m, "6-6-6")]["seconds"] for m in ("twc_coarse", "mse_grid", "omse")
+           if (tasks[0], m, "6-6-6") in cache}
+if authors_omse:
+    osx.run_methods(setups[tasks[0]], ["omse_per_batch"], bits666, batches[tasks[0]], cache=cache)
+    seconds["omse_per_batch"] = cache[(tasks[0], "omse_per_batch", "6-6-6")]["seconds"]
+    rec.update({f"calibration_seconds/{tasks[0]}/omse_per_batch": seconds["omse_per_batch"],
+                f"authors_omse/6-6-6/{tasks[0]}": cache[(tasks[0], "omse_per_batch", "6-6-6")]["value"]})
+t_coarse = seconds["twc_coarse"]
+claims.check(rec, "OS-9", ours={**{f"{m} (s)": round(v, 1) for m, v in seconds.items()},
                                 "candidates": cache[(tasks[0], "twc_coarse", "6-6-6")]["n_candidates"]},
-             paper="135.7 s vs 1754 s (Table 15)", holds=t_coarse < t_grid,
-             note=f"{PAPER_NAME[tasks[0]]}, same {n_calib} examples, one run; wall-clock, not a checked output")
+             paper="135.7 s vs 1754 s (Table 15)",
+             holds=t_coarse < seconds["omse_per_batch"] if authors_omse else None,
+             old_rule=t_coarse < seconds["mse_grid"],
+             note=f"{PAPER_NAME[tasks[0]]}, same {n_calib} examples, one run; wall-clock, not a checked output"
+                  + ("" if authors_omse else "; the authors' per-batch OMSE runs in the full profile only"))
 
 q444 = table5[table5.bits == "4-4-4"].set_index("variant")["value"]
+# OS-10 compares with LSQ+: a baseline at chance tests nothing, so LSQ+ must clear the same precondition
+sst2_ok = state.get("sst2", {}).get("competent", False)
+lsq_ok = sst2_ok and competence.is_competent("sst2", float(q444["LSQ+"]), setups["sst2"].eval_data.labels)
+os10 = bool(q444["Ours (GM + TWC coarse → LSQ+)"] > q444["LSQ+"])
 _ = claims.check(rec, "OS-10", ours={k: round(float(v), 2) for k, v in q444.items()},
                  paper="SST-2 4-4-4: ours 91.86 vs LSQ+ 82.34 / PACT 83.03",
-                 holds=bool(q444["Ours (GM + TWC coarse → LSQ+)"] > q444["LSQ+"]),
-                 note=f"{qat_steps} QAT steps of {qat_batch_size}; {profile} profile")
+                 holds=os10 if lsq_ok else None, old_rule=os10,
+                 note=f"{qat_steps} QAT steps of {qat_batch_size}; {profile} profile"
+                      + ("" if sst2_ok else "; SST-2's FP model not competent")
+                      + ("" if lsq_ok or not sst2_ok else "; LSQ+ at 4-4-4 is not above the majority class + 5, "
+                                                          "so the comparison tests nothing"))
 
 # %% tags=["nbval-check-output"]
 print(dumps({c["id"]: c["holds"] for c in rec.claims if c["id"] != "OS-9"}))
@@ -435,8 +564,9 @@ print("results written for", rec.chapter, rec.profile)
 # checks that this equals recalibrating per candidate), but it must still run the quantized model once
 # per candidate quantile to measure the output loss. Our MSE grid search evaluates all 100 candidates
 # of a node on one pooled sample in a single vectorised pass, without re-running the model; the
-# authors' OMSE loops over candidates and batches, hence their 1754 s. Which one is faster here is
-# what the timing table above measured. **OS-7 (every component helps)**
+# authors' OMSE loops over candidates and batches, hence their 1754 s. The ledger therefore times
+# TWC against the authors' per-batch OMSE (full profile), with the vectorised searches beside it as
+# a finding about OMSE, not as the claim's test. **OS-7 (every component helps)**
 # needs Gamma Migration to help both MinMax and Token-Wise Clipping, which requires γ to carry the
 # outlier dimensions of the LN output; the cosine table above shows for which LayerNorms that is true on MiniLM. A 6-layer, 384-wide sentence encoder has milder outliers than
 # BERT-base (chapter 3), so MinMax loses less at 6 bits and every method has less to recover; with

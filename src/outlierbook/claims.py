@@ -74,18 +74,24 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def check(recorder, claim_id: str, ours, paper, holds, note: str = "") -> dict:
+_UNSET = object()
+VERDICT_WORDS = {True: "HOLDS", False: "DOES NOT HOLD", None: "NOT TESTABLE HERE"}
+
+
+def check(recorder, claim_id: str, ours, paper, holds, note: str = "", old_rule=_UNSET) -> dict:
     """Record and print one claim check.
 
     ``holds`` is a bool (the chapter applied the ledger's rule), a callable ``rule(ours) -> bool``,
-    or ``None`` when the claim cannot be tested here (say why in ``note``).
+    or ``None`` when the claim cannot be tested here (say why in ``note``). ``old_rule`` is the
+    verdict under the rule a dated ledger change replaced (bool, or ``None`` for not testable), for
+    claims that change touched: it is recorded as ``holds_old_rule`` and shown beside the new verdict.
     """
     claim = get(claim_id)
     if callable(holds):
         holds = bool(holds(ours))
     if holds is not None:
         holds = bool(holds)
-    verdict = {True: "HOLDS", False: "DOES NOT HOLD", None: "NOT TESTABLE HERE"}[holds]
+    verdict = VERDICT_WORDS[holds]
     record = {
         "id": claim_id,
         "paper": claim.paper,
@@ -97,9 +103,13 @@ def check(recorder, claim_id: str, ours, paper, holds, note: str = "") -> dict:
         "note": note,
         "profile": getattr(recorder, "profile", None),
     }
+    if old_rule is not _UNSET:
+        record["holds_old_rule"] = None if old_rule is None else bool(old_rule)
     if recorder is not None:
         recorder.add_claim(record)
     smoke = " (quick profile: a smoke test of the code path, not the book's verdict)" if record["profile"] == "quick" else ""
+    old = ("" if "holds_old_rule" not in record else
+           f" | old rule: {VERDICT_WORDS[record['holds_old_rule']].lower()}")
     print(f"[{claim_id}] {verdict}{smoke}: {claim.claim} | ours {_fmt(ours)} | paper {_fmt(paper)} | rule: {claim.rule}"
-          + (f" | {note}" if note else ""))
+          + (f" | {note}" if note else "") + old)
     return record

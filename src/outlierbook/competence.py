@@ -14,6 +14,7 @@ than two competent tasks the claim is "not testable here".
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 from .data.glue import task_spec
 
@@ -39,3 +40,54 @@ def is_competent(task: str, fp_score: float, labels) -> bool:
 def competent_tasks(fp: dict[str, float], labels: dict[str, list]) -> dict[str, bool]:
     """Per task, whether its FP model is competent (``fp`` and ``labels`` keyed by task)."""
     return {t: is_competent(t, v, labels[t]) for t, v in fp.items()}
+
+
+MIN_TASKS = 2  # the ledger: with fewer competent tasks than this, an averaged claim is not testable
+
+
+def status(fp: dict[str, float], labels: dict[str, list]) -> dict[str, dict]:
+    """Per task: its FP score, the majority-class baseline on the same split and whether it is competent."""
+    out = {}
+    for t, v in fp.items():
+        b = majority_baseline(t, labels[t])
+        out[t] = {"fp": float(v), "majority": b, "competent": bool(v >= b + MARGIN)}
+    return out
+
+
+def describe(state: dict[str, dict], tasks=None) -> str:
+    """One line for a claim's note: which of ``tasks`` (default: all) the precondition excluded, with the
+    numbers that decided it."""
+    out = [f"{t} not competent (FP {s['fp']:.2f} < majority {s['majority']:.2f} + {MARGIN:g})"
+           for t, s in state.items() if not s["competent"] and (tasks is None or t in tasks)]
+    return "; ".join(out) if out else "every task competent"
+
+
+@dataclass(frozen=True)
+class Averages:
+    """Row means of a (setting × task) table under the new and the old rule.
+
+    ``new``: mean over the competent tasks only (``None`` when fewer than :data:`MIN_TASKS` are
+    competent: the claim is not testable); ``old``: mean over every task, the rule before the
+    ledger's precondition; ``excluded``: each excluded task's column, reported beside the average."""
+
+    new: "pd.Series | None"
+    old: "pd.Series"
+    tasks: tuple
+    excluded: dict
+
+
+def averages(table, state: dict[str, dict]) -> Averages:
+    """:class:`Averages` of ``table``'s task columns (columns not in ``state`` are ignored)."""
+    tasks = [t for t in table.columns if t in state]
+    kept = tuple(t for t in tasks if state[t]["competent"])
+    excluded = {t: table[t] for t in tasks if t not in kept}
+    new = table[list(kept)].mean(axis=1) if len(kept) >= MIN_TASKS else None
+    return Averages(new, table[tasks].mean(axis=1), kept, excluded)
+
+
+def note(state: dict[str, dict], a: Averages) -> str:
+    """The precondition's part of a claim's note: the excluded tasks and why, and whether the claim is testable."""
+    parts = [describe(state, a.excluded)]
+    if a.new is None:
+        parts.append(f"fewer than {MIN_TASKS} competent tasks: not testable here")
+    return "; ".join(parts)

@@ -77,7 +77,8 @@ CHAPTERS: tuple[Chapter, ...] = (
         needs=("sst2", "mrpc", "rte"),
         profiles={"quick": {}, "full": {"tasks": ["stsb", "sst2", "mrpc", "rte"], "eval_limit": None, "n_calib": 256,
                                         "twc_max_candidates": None, "qat_bits": ["4-4-8", "4-4-4"],
-                                        "qat_steps": 250, "qat_batch_size": 32}},
+                                        "qat_steps": 250, "qat_batch_size": 32,
+                                        "selective_gm": ["sgm+minmax", "sgm+twc"], "authors_omse": True}},
     ),
     Chapter(
         id="06_quantizable",

@@ -146,7 +146,8 @@ def rows(root: Path | None = None, ledger_text: str | None = None) -> list[dict]
                         "ours": _ours(s.get("ours")), "why": f"decided {s['finished']}, before the ledger change of "
                         f"{dates}; {s.get('note', '')}".strip("; "), "where": where})
         else:
-            out.append({**row, "status": verdict, "verdict": verdict, "old_rule": "", "ours": _ours(s.get("ours")),
+            old = VERDICTS[s["holds_old_rule"]] if "holds_old_rule" in s else ""
+            out.append({**row, "status": verdict, "verdict": verdict, "old_rule": old, "ours": _ours(s.get("ours")),
                         "why": s.get("note", ""), "where": where})
     return out
 

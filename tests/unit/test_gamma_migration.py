@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from outlierbook.errors import OutlierBookError
+from outlierbook.errors import ConfigError, OutlierBookError
 from outlierbook.methods.gamma_migration import NonScalingLayerNorm, migrate_gamma
 from outlierbook.quant.calibrate import calibrate
 from outlierbook.quant.nodes import quantize_model
@@ -109,3 +109,38 @@ def test_non_scaling_output_quantizes_better_when_gamma_has_outlier_dims():
     lin = torch.nn.Linear(32, 8)
     w = weight_cosines(lin, torch.ones(32), bits=6)
     assert w["original"] == pytest.approx(w["gamma_scaled"])
+
+
+def test_selective_migration_moves_only_the_layernorms_whose_gamma_amplifies_the_outliers(tiny_bert):
+    """The rule fixed in advance: migrate an LN iff mean |γ| over its top-10 outlier dims exceeds 1."""
+    import copy
+
+    import torch
+
+    from outlierbook.methods.gamma_migration import NonScalingLayerNorm, outlier_gammas
+    from outlierbook.models.anatomy import anatomy
+    from outlierbook.recipe import GammaMigration, Recipe
+    from outlierbook.recipe.quantize import transformed
+
+    model, batch = tiny_bert
+    model = copy.deepcopy(model)
+    anat = anatomy(model)
+    with torch.no_grad():
+        for i, layer in enumerate(anat.layers):  # γ > 1 on every MHA-LN, γ < 1 on every FFN-LN
+            layer.attention_ln.weight.fill_(1.5)
+            layer.ffn_ln.weight.fill_(0.5)
+        anat.embeddings_ln.weight.fill_(0.5)
+    batches = [batch]
+    found = {r["layernorm"]: r for r in outlier_gammas(model, batches)}
+    assert all(r["amplifies"] == ("attention" in ln) for ln, r in found.items())
+    assert found["layer0.attention.ln"]["mean |γ| at outlier dims"] == pytest.approx(1.5)
+    migrated = transformed(model, Recipe(transforms=(GammaMigration(selective=True),)), batches)
+    new = anatomy(migrated)
+    assert all(isinstance(layer.attention_ln, NonScalingLayerNorm) for layer in new.layers)
+    assert not any(isinstance(layer.ffn_ln, NonScalingLayerNorm) for layer in new.layers)
+    assert not isinstance(new.embeddings_ln, NonScalingLayerNorm)
+    with torch.no_grad():  # still the same function, and the caller's model untouched
+        a, b = model(**batch).logits, migrated(**batch).logits
+    assert (a - b).abs().max() < 1e-4 and not isinstance(anatomy(model).layers[0].attention_ln, NonScalingLayerNorm)
+    with pytest.raises(ConfigError):
+        transformed(model, Recipe(transforms=(GammaMigration(selective=True),)), None)

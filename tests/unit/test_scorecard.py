@@ -50,3 +50,16 @@ def test_the_competence_precondition_touches_claims_that_average_over_tasks_only
     assert scorecard.averages_tasks("ordering ... on the average", {"note": ""})
     assert scorecard.averages_tasks("x", {"note": "mean over stsb, sst2, mrpc, rte"})
     assert not scorecard.averages_tasks("max |Δ output| ≤ 1e-4", {"note": "max |Δ output| on calibration inputs"})
+
+
+def test_a_rerun_under_a_changed_rule_shows_both_verdicts(tmp_path, capsys):
+    """A claim re-run after a ledger change records the old rule's verdict beside the new one."""
+    from outlierbook import claims, results
+
+    rec = results.Recorder("05_outlier_suppression", "full", root=tmp_path)
+    record = claims.check(rec, "OS-7", ours={"MinMax": 1.0}, paper="x", holds=True, old_rule=False, note="n")
+    assert record["holds_old_rule"] is False and "old rule: does not hold" in capsys.readouterr().out
+    assert "holds_old_rule" not in claims.check(None, "OS-4", 0.0, "x", True)
+    rec.save()
+    row = {r["id"]: r for r in scorecard.rows(root=tmp_path)}["OS-7"]
+    assert row["verdict"] == "holds" and row["old_rule"] == "does not hold"

@@ -80,3 +80,30 @@ def test_competence_is_the_ledger_rule():
     assert competence.majority_baseline("stsb", [0.5, 4.0]) == 50.0
     assert competence.competent_tasks({"stsb": 86.7, "rte": 55.2}, {"stsb": [1.0], "rte": labels}) == {
         "stsb": True, "rte": False}
+
+
+def test_averages_under_the_precondition_exclude_incompetent_tasks_and_keep_the_old_rule_beside():
+    import pandas as pd
+
+    labels = {"stsb": [1.0], "sst2": [1] * 50 + [0] * 50, "rte": [1] * 53 + [0] * 47}
+    state = competence.status({"stsb": 86.0, "sst2": 88.0, "rte": 55.0}, labels)
+    assert [t for t, s in state.items() if not s["competent"]] == ["rte"]
+    assert "rte not competent (FP 55.00 < majority 53.00 + 5)" == competence.describe(state)
+    table = pd.DataFrame({"stsb": [86.0, 80.0], "sst2": [88.0, 84.0], "rte": [55.0, 60.0], "average": [0.0, 0.0]},
+                         index=["FP32", "W8A8"])
+    a = competence.averages(table, state)
+    assert a.tasks == ("stsb", "sst2") and list(a.excluded) == ["rte"]
+    assert a.new["W8A8"] == pytest.approx(82.0) and a.old["W8A8"] == pytest.approx((80 + 84 + 60) / 3)
+    one = competence.averages(table[["stsb", "rte"]], state)  # one competent task: not testable
+    assert one.new is None and one.old["FP32"] == pytest.approx(70.5)
+
+
+def test_the_note_says_which_tasks_were_excluded_and_when_a_claim_is_not_testable():
+    import pandas as pd
+
+    state = competence.status({"stsb": 86.0, "rte": 55.0}, {"stsb": [1.0], "rte": [1] * 53 + [0] * 47})
+    a = competence.averages(pd.DataFrame({"stsb": [1.0], "rte": [2.0]}), state)
+    assert competence.note(state, a) == ("rte not competent (FP 55.00 < majority 53.00 + 5); "
+                                         "fewer than 2 competent tasks: not testable here")
+    b = competence.averages(pd.DataFrame({"stsb": [1.0]}), state)
+    assert competence.note(state, b).startswith("every task competent")

@@ -109,3 +109,31 @@ def test_range_search_shares_w32a8_and_w8a32_without_changing_any_value(tiny_ber
         calibrate(qm, ux.batches_for(setup, setting, r.seed))
         assert score(qm.set_mode(*ux.MODES[r.mode])) == pytest.approx(r.value, rel=1e-6), (r.setting, r.mode)
         qm.remove()
+
+
+def test_the_per_embedding_reference_row_is_calibrated_on_sixteen_sequences(monkeypatch):
+    """PEG-5's ledger rule compares K=6+P with per-embedding ranges from >= 16 sequences, not one."""
+    configs, _ = ux.peg_configs(16)
+    ref = ux.per_embedding_reference(16)
+    assert ref in configs and configs[ref] == configs["16 (=per-embd.)"]
+    assert ux.peg_settings(16) == {ref: ux.RangeSetting(batch_size=16)}
+    seen = {}
+
+    class Setup:
+        task, model = "stsb", None
+
+        def score(self, qm):
+            return 1.0
+
+    class Quantized:
+        def set_mode(self, **_):
+            return self
+
+    def fake_quantize(model, recipe, batches, calibration=None):
+        return Quantized()
+
+    monkeypatch.setattr(ux, "quantize", fake_quantize)
+    monkeypatch.setattr(ux, "batches_for", lambda setup, setting, seed: seen.setdefault(len(seen), setting))
+    monkeypatch.setattr(ux, "sixteen_bit_share", lambda qm: (0, 1))
+    ux.configured_ptq(Setup(), [0], {"one": {}, ref: {}}, settings=ux.peg_settings(16))
+    assert [s.batch_size * s.n_batches for s in seen.values()] == [1, 16]

@@ -8,12 +8,14 @@ same calibration batches (training split). Methods differ only in how the ranges
 ``minmax``         average of per-batch min/max ("MinMax" in the paper)
 ``omse``           golden-section search of the output MSE per node
 ``mse_grid``       100-candidate grid search of the MSE per node (OMSE's grid variant)
+``omse_per_batch`` OMSE as the authors' code runs it: scipy's bounded search on every batch, averaged
 ``percentile:p``   the p-th percentile (p in %) averaged over batches
 ``easyquant``      MinMax, then EasyQuant's alternating scale search (methods/easyquant.py)
 ``peg``            K = 6 per-embedding groups with range-based permutation on the LN outputs
 ``twc_coarse``     Token-Wise Clipping, coarse stage (the authors' quantile grid)
 ``twc``            coarse stage + fine stage (learned scales)
 ``gm+<method>``    the same, on a Gamma-Migrated copy of the model
+``sgm+<method>``   the same, migrating only the LayerNorms whose γ amplifies their outlier dimensions
 =================  =====================================================================
 """
 
@@ -28,7 +30,7 @@ from ..recipe import (EMBEDDING_WEIGHTS, Bits, EasyQuant, GammaMigration, PegPer
 from ..recipe.quantize import transformed
 
 LN_KINDS = ("embeddings.ln", "attention.ln", "ffn.ln")
-BASE_METHODS = ("minmax", "omse", "mse_grid", "percentile:<p>", "easyquant", "peg", "twc_coarse", "twc")
+BASE_METHODS = ("minmax", "omse", "omse_per_batch", "mse_grid", "percentile:<p>", "easyquant", "peg", "twc_coarse", "twc")
 
 
 def migrated_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -36,8 +38,13 @@ def migrated_copy(model: torch.nn.Module) -> torch.nn.Module:
     return transformed(model, Recipe(transforms=(GammaMigration(),)))
 
 
-def split_method(method: str) -> tuple[bool, str]:
-    return (True, method[3:]) if method.startswith("gm+") else (False, method)
+def split_method(method: str) -> tuple[GammaMigration | None, str]:
+    """``"sgm+twc"`` → (selective Gamma Migration, ``"twc"``); ``"gm+twc"`` → (Gamma Migration, ``"twc"``)."""
+    if method.startswith("sgm+"):
+        return GammaMigration(selective=True), method[4:]
+    if method.startswith("gm+"):
+        return GammaMigration(), method[3:]
+    return None, method
 
 
 def twc_candidates(bits: int, max_candidates: int | None = None) -> list[float]:
@@ -55,8 +62,8 @@ def recipe_for(method: str, bits: Bits, twc_max_candidates: int | None = None, f
     """The recipe of one row of the chapter's tables (see the module docstring for the names)."""
     gm, base = split_method(method)
     estimator, overrides, calibrators = "avg_minmax", {}, [Ranges()]
-    if base == "omse":
-        estimator = "omse"
+    if base in ("omse", "omse_per_batch"):
+        estimator = base
     elif base == "mse_grid":
         estimator = "mse"
     elif base.startswith("percentile:"):
@@ -73,11 +80,11 @@ def recipe_for(method: str, bits: Bits, twc_max_candidates: int | None = None, f
         calibrators.append(TokenWiseClipping(max_candidates=twc_max_candidates,
                                              fine_epochs=fine_epochs if base == "twc" else 0))
     elif base != "minmax":
-        raise ConfigError(f"unknown method {method!r}; use one of {', '.join(BASE_METHODS)}, optionally after 'gm+'")
+        raise ConfigError(f"unknown method {method!r}; use one of {', '.join(BASE_METHODS)}, optionally after 'gm+' or 'sgm+'")
     bits = Bits.parse(bits)
     return Recipe(bits=bits, placement="os", act_estimator=estimator,
                   overrides={EMBEDDING_WEIGHTS: bits.embeddings, **overrides},
-                  transforms=(GammaMigration(),) if gm else (), calibrators=tuple(calibrators))
+                  transforms=(gm,) if gm else (), calibrators=tuple(calibrators))
 
 
 def score_method(setup, method: str, bits: Bits, batches, twc_max_candidates: int | None = None,

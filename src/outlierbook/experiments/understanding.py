@@ -168,8 +168,10 @@ def sixteen_bit_share(qm: QuantizedModel) -> tuple[int, int]:
 
 
 def configured_ptq(setup, seeds, configs: dict[str, dict], weight_bits=8, act_bits=8, perm_batches=None,
-                   peg_kinds: dict[str, tuple] | None = None, desc="PTQ") -> pd.DataFrame:
-    """Median W{weight_bits}A{act_bits} score of each named node config (current min-max, one sequence).
+                   peg_kinds: dict[str, tuple] | None = None, settings: dict[str, RangeSetting] | None = None,
+                   desc="PTQ") -> pd.DataFrame:
+    """Median W{weight_bits}A{act_bits} score of each named node config (current min-max, one sequence,
+    unless ``settings`` gives a config its own range setting, e.g. one batch of 16 sequences).
 
     ``peg_kinds`` maps a config name to the kinds whose PEG groups get a range-based permutation,
     computed on ``perm_batches`` of the FP model before calibration.
@@ -179,8 +181,9 @@ def configured_ptq(setup, seeds, configs: dict[str, dict], weight_bits=8, act_bi
         values, share = [], None
         kinds = peg_kinds.get(label) if peg_kinds else None
         for seed in seeds:
-            qm = quantize(setup.model, recipe(weight_bits, act_bits, config=config, peg_kinds=kinds),
-                          batches_for(setup, RangeSetting(), seed),
+            setting = (settings or {}).get(label, RangeSetting())
+            qm = quantize(setup.model, recipe(weight_bits, act_bits, setting=setting, config=config, peg_kinds=kinds),
+                          batches_for(setup, setting, seed),
                           calibration={"peg_permutation": perm_batches} if kinds else None)
             values.append(setup.score(qm.set_mode(weights=True, acts=True)))
             share = sixteen_bit_share(qm)
@@ -195,11 +198,22 @@ def mixed_precision(setup, seeds) -> pd.DataFrame:
 
 # ------------------------------------------------------------------ Table 5: PEG
 
+PER_EMBEDDING_SEQUENCES = 16  # the ledger's PEG-5 reference: per-embedding ranges from >= 16 sequences
+
+
+def per_embedding_reference(hidden: int) -> str:
+    """The name of Table 5's added row: per-embedding PTQ whose ranges come from 16 sequences, not one."""
+    return f"{hidden} (=per-embd., {PER_EMBEDDING_SEQUENCES} seq.)"
+
+
 def peg_configs(hidden: int) -> tuple[dict[str, dict], dict[str, tuple]]:
-    """Table 5's rows: node configs and which of them use the range-based permutation."""
+    """Table 5's rows: node configs and which of them use the range-based permutation. Every row is
+    calibrated on one sequence, as in the paper, except :func:`per_embedding_reference` (see
+    :func:`peg_settings`): with one sequence a per-dimension range sees only that sequence's few tokens."""
     configs = {
         "1 (=per-tensor)": {},
         f"{hidden} (=per-embd.)": peg_config(None, HIDDEN_KINDS),
+        per_embedding_reference(hidden): peg_config(None, HIDDEN_KINDS),
         f"{hidden} (only FFN)": peg_config(None, FFN_KINDS),
         "6 (only FFN)": peg_config(6, FFN_KINDS),
         "3 (only FFN)": peg_config(3, FFN_KINDS),
@@ -209,9 +223,16 @@ def peg_configs(hidden: int) -> tuple[dict[str, dict], dict[str, tuple]]:
     return configs, {"3 + P (only FFN)": FFN_KINDS, "6 + P (only FFN)": FFN_KINDS}
 
 
+def peg_settings(hidden: int) -> dict[str, RangeSetting]:
+    """Table 5's range settings that differ from one sequence: the reference row's one batch of 16."""
+    return {per_embedding_reference(hidden): RangeSetting(batch_size=PER_EMBEDDING_SEQUENCES)}
+
+
 def peg_table(setup, seeds, perm_batches) -> pd.DataFrame:
-    configs, permuted = peg_configs(setup.model.config.hidden_size)
-    return configured_ptq(setup, seeds, configs, perm_batches=perm_batches, peg_kinds=permuted, desc="PEG")
+    hidden = setup.model.config.hidden_size
+    configs, permuted = peg_configs(hidden)
+    return configured_ptq(setup, seeds, configs, perm_batches=perm_batches, peg_kinds=permuted,
+                          settings=peg_settings(hidden), desc="PEG")
 
 
 # ------------------------------------------------------------------ QAT and low-bit weights

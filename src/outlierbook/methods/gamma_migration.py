@@ -72,8 +72,10 @@ def _correct_sum(gamma: torch.Tensor, seen: dict):
     return hook
 
 
-def migrate_gamma(model: nn.Module, ffn_ln: bool = True, mha_ln: bool = True, embedding_ln: bool = True) -> list[str]:
-    """Apply Gamma Migration to a post-LN encoder in place; returns the migrated LayerNorms.
+def migrate_gamma(model: nn.Module, ffn_ln: bool = True, mha_ln: bool = True, embedding_ln: bool = True,
+                  only=None) -> list[str]:
+    """Apply Gamma Migration to a post-LN encoder in place; returns the migrated LayerNorms
+    (``only``: a set of labels such as ``"layer3.attention.ln"`` to migrate, the others left alone).
 
     The model keeps its function in floating point (tested to 1e-4 on real inputs). Works on every
     post-LN family of the model anatomy; with an embedding projection (ELECTRA) the embedding LN's γ
@@ -89,13 +91,60 @@ def migrate_gamma(model: nn.Module, ffn_ln: bool = True, mha_ln: bool = True, em
     if getattr(model, "_outlierbook_gamma_migrated", False):
         raise OutlierBookError("this model is already gamma-migrated; migrate a fresh copy")
     plan = [(label, ln, NonScalingLayerNorm(ln), readers)
-            for label, ln, readers in layernorm_readers(anat, embedding_ln, mha_ln, ffn_ln)]
+            for label, ln, readers in layernorm_readers(anat, embedding_ln, mha_ln, ffn_ln)
+            if only is None or label in only]
     new_of = {id(ln): new for _, ln, new, _ in plan}  # every LN is built before any is replaced
     for label, ln, new, readers in plan:
         readers.rescale(new.gamma, new_of)
         replace_module(model, ln, new)
     model._outlierbook_gamma_migrated = True
     return [label for label, *_ in plan]
+
+
+TOP_OUTLIER_DIMS = 10  # as the ledger's OS-1: the top-10 dimensions of max |X̃|
+
+
+@torch.no_grad()
+def outlier_gammas(model: nn.Module, batches, top_k: int = TOP_OUTLIER_DIMS) -> list[dict]:
+    r"""For every LayerNorm Gamma Migration would migrate: the mean $|\gamma|$ over its output's outlier
+    dimensions, and whether γ **amplifies** them (that mean is above 1).
+
+    Why it matters. Migration quantizes $X' = \tilde X / \gamma$ (up to the bias term) instead of
+    $\tilde X = \gamma \odot X'$. On a dimension $j$ with $|\gamma_j| < 1$, $|X'_j| = |\tilde X_j| / |\gamma_j|
+    > |\tilde X_j|$: if $j$ is an outlier dimension, dividing by γ makes the outlier *larger*, and the
+    per-tensor range $\max_j |X'_j|$ (hence the step $s = \text{range}/(2^b-1)$) widens. Only where
+    $|\gamma_j| > 1$ on the outlier dimensions does migration shrink the range it is meant to shrink.
+    The rule, fixed before measuring: the outlier dimensions are the ``top_k`` dimensions of
+    $\max |\tilde X|$ over the real tokens of ``batches``; migrate the LayerNorm iff the mean $|\gamma|$
+    over them exceeds 1.
+    """
+    from ..models.anatomy import anatomy
+
+    lns = {label: ln for label, ln, _ in layernorm_readers(anatomy(model))}
+    maxima: dict[str, torch.Tensor] = {}
+    mask: dict = {}
+
+    def observe(label):
+        def hook(module, args, out):
+            real = out[mask["m"].bool()] if mask.get("m") is not None else out.reshape(-1, out.shape[-1])
+            m = real.abs().amax(dim=0)
+            maxima[label] = m if label not in maxima else torch.maximum(maxima[label], m)
+        return hook
+
+    handles = [ln.register_forward_hook(observe(label)) for label, ln in lns.items()]
+    try:
+        for b in batches:
+            mask["m"] = b.get("attention_mask")
+            model(**b)
+    finally:
+        for h in handles:
+            h.remove()
+    out = []
+    for label, ln in lns.items():
+        dims = maxima[label].topk(min(top_k, maxima[label].numel())).indices
+        g = float(ln.weight.detach()[dims].abs().mean())
+        out.append({"layernorm": label, "mean |γ| at outlier dims": g, "amplifies": g > 1.0})
+    return out
 
 
 def replace_module(model: nn.Module, old: nn.Module, new: nn.Module) -> None:

@@ -16,6 +16,10 @@ quantizes anything itself; the fake quantizer does (the observer / fake-quantize
   (plus the extremes). Both codebases search the range differently (Qualcomm: a 1-D or 2-D grid on
   the last batch or accumulated losses; OS: scipy's bounded search averaged over batches); we search
   one shrink factor on pooled samples, which treats every batch alike and is deterministic.
+- ``PerBatchOMSE(grid)``: OMSE as the Outlier Suppression authors run it (their ``AvgMSEFastObserver``):
+  on **every batch**, on all its values, a bounded scalar search of the range and, for an asymmetric
+  grid, a nested search of its shift; the per-batch ranges averaged over batches. Slow by design: it
+  is the baseline the paper's calibration timings (OS-9) compare against.
 """
 
 from __future__ import annotations
@@ -311,8 +315,87 @@ class TokenExtremes(CurrentMinMax):
         return est
 
 
+class PerBatchOMSE(RangeEstimator):
+    r"""OMSE searched per batch and averaged, as the Outlier Suppression code does it (notes §1.6).
+
+    For one batch with extremes $x_{\min}, x_{\max}$ (per row), find the range $[l, h]$ minimising
+    $\mathbb E[(\hat x_{[l,h]} - x)^2]$ over **all** the batch's values:
+
+    - symmetric grid, or values of one sign: one bounded search of the half-width
+      $r \in [\min(0.1,\,0.01 R),\, R]$, $R = \max(|x_{\min}|, x_{\max})$, range $[-r, r]$ (or $[0, r]$, $[-r, 0]$);
+    - otherwise two nested bounded searches: the width $r \in [\min(0.1,\,0.01 R),\, R]$ with
+      $R = x_{\max} - x_{\min}$, and for each width the shift $t \in [q_{\min}\Delta,\, q_{\max}\Delta]$,
+      $\Delta = r/(q_{\max}-q_{\min})$, giving $l = \max(-t, x_{\min})$, $h = \min(r - t, x_{\max})$.
+
+    The range is the mean of the per-batch ranges (equal weight per batch). Searches use scipy's bounded
+    Brent method, as the authors' code does; rows (per-channel use) are searched one by one.
+    """
+
+    name = "omse_per_batch"
+
+    def __init__(self, grid: Grid | None = None):
+        self.grid = grid
+        super().__init__()
+
+    def bind(self, grid: Grid) -> "PerBatchOMSE":
+        self.grid = grid
+        return self
+
+    def reset(self):
+        super().reset()
+        self.lo = self.hi = None
+        self.one_sided: str | None = None
+
+    def _mse(self, x: torch.Tensor, lo: float, hi: float) -> float:
+        scale, zero = qparams(torch.tensor([lo]), torch.tensor([hi]), self.grid)
+        q = fake_quantize(x, scale, zero, self.grid.qmin, self.grid.qmax)
+        return float(((q - x) ** 2).mean())
+
+    def _search_row(self, x: torch.Tensor) -> tuple[float, float]:
+        from scipy.optimize import minimize_scalar
+
+        x_min, x_max = float(x.min()), float(x.max())
+        if self.one_sided is None:  # decided on the first batch, as the authors' observer does
+            self.one_sided = "pos" if x_min >= 0 else "neg" if x_max <= 0 else "no"
+        if self.one_sided != "no" or self.grid.symmetric:
+            big = max(abs(x_min), x_max)
+            lo_of = (lambda r: 0.0) if self.one_sided == "pos" else (lambda r: -r)
+            hi_of = (lambda r: 0.0) if self.one_sided == "neg" else (lambda r: r)
+            r = minimize_scalar(lambda r: self._mse(x, lo_of(r), hi_of(r)), bounds=(min(0.1, 0.01 * big), big),
+                                method="bounded").x
+            return lo_of(r), hi_of(r)
+        span = self.grid.qmax - self.grid.qmin
+
+        def bounds(r, t):
+            return max(-t, x_min), min(r - t, x_max)
+
+        def best_shift(r):
+            delta = r / span
+            return minimize_scalar(lambda t: self._mse(x, *bounds(r, t)),
+                                   bounds=(self.grid.qmin * delta, self.grid.qmax * delta), method="bounded")
+
+        width = x_max - x_min
+        r = minimize_scalar(lambda r: best_shift(r).fun, bounds=(min(0.1, 0.01 * width), width), method="bounded").x
+        return bounds(r, best_shift(r).x)
+
+    def update(self, rows):
+        if self.grid is None:
+            raise ConfigError("the per-batch OMSE estimator needs the quantization grid; it is bound by the quantizer")
+        rows = rows.detach().float()
+        found = torch.tensor([self._search_row(row) for row in rows], dtype=torch.float32)
+        lo, hi = found[:, 0], found[:, 1]
+        n = self.n_updates
+        self.lo = lo if self.lo is None else (self.lo * n + lo) / (n + 1)
+        self.hi = hi if self.hi is None else (self.hi * n + hi) / (n + 1)
+        self.n_updates += 1
+
+    def compute(self):
+        self._require_data()
+        return self.lo, self.hi
+
+
 ESTIMATORS = {cls.name: cls for cls in (CurrentMinMax, AllMinMax, RunningMinMax, AvgMinMax, Percentile, MSE,
-                                        GoldenSectionMSE, TokenWiseClip, TokenExtremes)}
+                                        GoldenSectionMSE, PerBatchOMSE, TokenWiseClip, TokenExtremes)}
 
 
 def make_estimator(spec) -> RangeEstimator:

@@ -50,12 +50,20 @@ class Transform:
 
 @dataclass(frozen=True)
 class GammaMigration(Transform):
-    """Migrate γ of the embedding LN, every MHA-LN and every FFN-LN but the last (each can be switched off)."""
+    """Migrate γ of the embedding LN, every MHA-LN and every FFN-LN but the last (each can be switched off).
+
+    ``selective=True`` migrates only the LayerNorms whose γ amplifies their outlier dimensions, measured
+    on the calibration batches (:func:`~outlierbook.methods.gamma_migration.outlier_gammas`)."""
 
     embedding_ln: bool = True
     mha_ln: bool = True
     ffn_ln: bool = True
+    selective: bool = False
     name = "gamma_migration"
+
+    @property
+    def needs_batches(self) -> bool:
+        return self.selective
 
     def check(self, anat: Anatomy) -> None:
         if not anat.post_ln:
@@ -69,9 +77,12 @@ class GammaMigration(Transform):
                                   "(switch that LayerNorm off, e.g. GammaMigration(ffn_ln=False))")
 
     def apply(self, model: nn.Module, batches=None) -> None:
-        from ..methods.gamma_migration import migrate_gamma
+        from ..methods.gamma_migration import migrate_gamma, outlier_gammas
 
-        migrate_gamma(model, ffn_ln=self.ffn_ln, mha_ln=self.mha_ln, embedding_ln=self.embedding_ln)
+        only = None
+        if self.selective:
+            only = {r["layernorm"] for r in outlier_gammas(model, batches) if r["amplifies"]}
+        migrate_gamma(model, ffn_ln=self.ffn_ln, mha_ln=self.mha_ln, embedding_ln=self.embedding_ln, only=only)
 
 
 @dataclass(frozen=True)
