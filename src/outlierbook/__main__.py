@@ -154,10 +154,11 @@ def main(argv: list[str] | None = None) -> int:
             if found:
                 raise OutlierBookError("cannot build the book: " + "; ".join(found))
             from .paths import repo_root
-            from . import scorecard, teaching
+            from . import fp_models, scorecard, teaching
 
             teaching.write_fragment()  # the teaching page's run times and exercise list, from this build's notebooks
             scorecard.write_fragment()  # every ledger claim with its stored verdict
+            fp_models.write_fragment()  # how each fine-tuned FP model was chosen, and whether it is competent
             jb = Path(sys.executable).with_name("jupyter-book")
             return subprocess.call([str(jb) if jb.exists() else "jupyter-book", "build", str(repo_root()),
                                     "-W", "-n", "--keep-going"])
