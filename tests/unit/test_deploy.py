@@ -236,3 +236,21 @@ def test_every_deployable_variant_runs_like_the_model(exported, tmp_path):
     scales = sum(node.quantizer.scale.numel() for node in qm.weight_nodes.values())
     assert book["FLOAT"] <= fp["FLOAT"] - 4 * quantized_weights + 4 * scales  # FP32 left: biases, LNs, scales
     assert quantized_weights <= book["UINT8"] <= 1.05 * quantized_weights  # one byte per weight (+ zero points)
+
+
+def test_peak_memory_counts_what_a_variant_loads_in_a_fresh_process(exported, tmp_path):
+    """The INT8 benchmark's memory column: a variant with 50 MiB more weights shows about 50 MiB more."""
+    from transformers import BertConfig, BertModel
+
+    from outlierbook.benchmarks.int8 import peak_memory_mb
+    from outlierbook.deploy.runtime import Variant
+
+    def variant(vocab):
+        cfg = BertConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)
+        return Variant(f"bert {vocab}", BertModel(cfg).eval(), 0)
+
+    small, large = (peak_memory_mb(variant(v), tmp_path, 1, 2, 16) for v in (2000, 202000))
+    assert 0 <= small < 30 and large - small > 40  # 200 000 × 64 float32 = 48.8 MiB more
+    onnx = peak_memory_mb(Variant("w8a8", None, 0, path=exported[2]), tmp_path, 1, 2, 16)  # an ONNX Runtime file
+    assert 0 < onnx < 200

@@ -5,15 +5,22 @@
 The embedded encoder, calibrated on STS-B training sentences. Every variant runs the same inputs in
 interleaved rounds (each variant once per round, the first round dropped as warm-up), and each median
 is divided by the median of ``ORT FP32`` from the same rounds, so machine load affects all alike. Sizes
-are the bytes a deployment ships (the ONNX file, or PyTorch's state dict).
+are the bytes a deployment ships (the ONNX file, or PyTorch's state dict). Peak memory is measured in a
+fresh process per variant (:func:`peak_memory_mb`): the growth of its peak resident set from loading the
+variant and running one batch, over the same process after its imports — so the interpreter and the
+libraries are not counted, and every variant pays for its own weights, runtime arenas and activations.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -31,6 +38,61 @@ def latency_ratios(variants: dict, inputs: dict, rounds: int = 20) -> dict[str, 
             times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v[1:]) for k, v in times.items()}
     return {k: v / med[REFERENCE] for k, v in med.items()}
+
+
+# Runs in a fresh interpreter: argv = kind ("onnx" | "torch"), file, threads, batch, tokens, module to import.
+_PROBE = r"""
+import json, sys
+import numpy as np
+import torch
+import importlib
+kind, target, threads, batch, tokens = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+importlib.import_module(sys.argv[6])  # the variant's own code is imported before measuring, not counted
+torch.set_num_threads(threads)
+ids = np.ones((batch, tokens), dtype=np.int64)  # a token id every vocabulary has
+mask = np.ones((batch, tokens), dtype=np.int64)
+if kind == "onnx":
+    import onnxruntime as ort
+
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+
+
+before = status("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:  # the peak so far (the imports') is forgotten: VmHWM = VmRSS
+    f.write("5")
+if kind == "onnx":
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    sess = ort.InferenceSession(target, opts, providers=["CPUExecutionProvider"])
+    feed = {i.name: (mask if "mask" in i.name else np.zeros_like(ids) if "type" in i.name else ids)
+            for i in sess.get_inputs()}
+    sess.run(None, feed)
+else:
+    model = torch.load(target, weights_only=False)
+    with torch.no_grad():
+        model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
+print(json.dumps({"before_kb": before, "after_kb": status("VmHWM")}))
+"""
+
+
+def peak_memory_mb(variant, folder, threads: int, batch: int, tokens: int) -> float:
+    """Growth of the peak resident set (MiB) of a fresh process that loads ``variant`` and runs one
+    ``batch`` × ``tokens`` input, over the same process after its imports (Linux: the peak is reset to
+    the current resident set through ``/proc/self/clear_refs`` after the imports, then read as ``VmHWM``)."""
+    if variant.path is not None:
+        kind, target, module = "onnx", str(variant.path), "onnxruntime"
+    else:
+        kind, target = "torch", str(Path(folder) / (variant.name.replace(" ", "_") + ".pt"))
+        module = type(variant.model).__module__
+        torch.save(variant.model, target)
+    out = subprocess.run([sys.executable, "-c", _PROBE, kind, target, str(threads), str(batch), str(tokens), module],
+                         capture_output=True, text=True, check=True)
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    return (found["after_kb"] - found["before_kb"]) / 1024
 
 
 def inputs_of(tokenizer, batch: int, seq: int) -> dict:
@@ -70,9 +132,11 @@ def main(argv=None) -> int:
             for shape in a.shapes:
                 b, t = (int(x) for x in shape.split("x"))
                 ratios = latency_ratios(variants, inputs_of(tokenizer, b, t), a.rounds)
+                peaks = {name: peak_memory_mb(v, folder, threads, b, t) for name, v in variants.items()}
                 print(f"{threads} thread(s), batch {b} x {t} tokens, median of {a.rounds} interleaved rounds")
                 for name in variants:
-                    print(f"  {name:<30} latency {ratios[name]:5.2f} x {REFERENCE}   size {sizes[name]:5.2f} x")
+                    print(f"  {name:<30} latency {ratios[name]:5.2f} x {REFERENCE}   size {sizes[name]:5.2f} x   "
+                          f"peak memory {peaks[name] / peaks[REFERENCE]:5.2f} x ({peaks[name]:6.0f} MiB)")
     return 0
 
 
