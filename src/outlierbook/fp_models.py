@@ -40,11 +40,30 @@ def _search_table(record: dict) -> str:
     return "\n".join(lines)
 
 
+def fixed_budgets(records: list[dict]) -> str:
+    """The tasks the full profile trains on the fixed budgets of ``models/tasks.py`` (no stored selection for the
+    embedded model), with those budgets."""
+    from .models.load import EMBEDDED
+    from .models.tasks import BUDGETS, budget
+
+    chosen = {r["task"] for r in records if r["model"] == EMBEDDED}
+    rows = []
+    for task in BUDGETS["full"]:
+        if task not in chosen:
+            cfg = budget(task, "full", model=EMBEDDED)
+            rows.append(f"| {task} | {cfg.steps} | {cfg.batch_size} | {cfg.lr:g} |")
+    if not rows:
+        return ""
+    return "\n".join([f"The other tasks of the full profile train fixed budgets ({EMBEDDED}; `models/tasks.py`):", "",
+                      "| task | steps | batch | learning rate |", "|---|---|---|---|", *rows, ""])
+
+
 def fragment(root: Path | None = None) -> str:
     """The generated part of the page: a summary table, then each task's search."""
     records = stored(root)
     if not records:
-        return "No fine-tuning budget has been selected yet: every task uses the fixed budgets of `models/tasks.py`.\n"
+        return ("No fine-tuning budget has been selected yet: every task uses the fixed budgets of "
+                "`models/tasks.py`.\n\n" + fixed_budgets(records))
     out = ["| model | task | chosen | held-out | dev | majority class (dev) | competent | run |",
            "|---|---|---|---|---|---|---|---|"]
     for r in records:
@@ -53,6 +72,7 @@ def fragment(root: Path | None = None) -> str:
         out.append(f"| {r['model']} | {r['task']} | lr {c['lr']:g}, {c['epochs']} epochs | {best:.2f} | "
                    f"{dev['value']:.2f} | {dev['majority']:.2f} | {'yes' if dev['competent'] else '**no**'} | "
                    f"{str(r.get('git_sha', '?'))[:10]}, {str(r.get('finished_utc', '?'))[:10]} |")
+    out += ["", fixed_budgets(records)]
     for r in records:
         out += ["", f"## {r['model']}: {r['task']}", "",
                 f"Held-out {r['metric']} ({r['n_held_out']} of {r['n_train']} training examples held out; their "

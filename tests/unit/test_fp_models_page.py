@@ -27,3 +27,14 @@ def test_the_stored_records_render():
     text = fp_models.fragment()
     for r in fp_models.stored():
         assert f"| {r['model']} | {r['task']} |" in text
+
+
+def test_tasks_without_a_selection_are_listed_with_their_fixed_budget(tmp_path):
+    from outlierbook.models.tasks import BUDGETS
+
+    folder = tmp_path / "fp_models" / "all-MiniLM-L6-v2"
+    folder.mkdir(parents=True)
+    (folder / "rte.json").write_text(json.dumps({**record("rte", False, 54.51), "model": "all-MiniLM-L6-v2"}))
+    text = fp_models.fragment(tmp_path)
+    assert f"| sst2 | {BUDGETS['full']['sst2']} | 32 |" in text
+    assert "| rte | " not in text.split("fixed budgets")[1].split("##")[0]  # a selected task is not listed as fixed
