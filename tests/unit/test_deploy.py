@@ -254,3 +254,16 @@ def test_peak_memory_counts_what_a_variant_loads_in_a_fresh_process(exported, tm
     assert 0 <= small < 30 and large - small > 40  # 200 000 × 64 float32 = 48.8 MiB more
     onnx = peak_memory_mb(Variant("w8a8", None, 0, path=exported[2]), tmp_path, 1, 2, 16)  # an ONNX Runtime file
     assert 0 < onnx < 200
+
+
+def test_peak_memory_rebuilds_a_dynamic_int8_model_from_tensors_only(tmp_path):
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from outlierbook.benchmarks.int8 import peak_memory_mb
+    from outlierbook.deploy.runtime import Variant
+
+    cfg = BertConfig(vocab_size=2000, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)
+    q = torch.ao.quantization.quantize_dynamic(BertModel(cfg).eval(), {torch.nn.Linear}, dtype=torch.qint8)
+    assert 0 <= peak_memory_mb(Variant("dynamic", q, 0), tmp_path, 1, 2, 16) < 60

@@ -40,7 +40,9 @@ def latency_ratios(variants: dict, inputs: dict, rounds: int = 20) -> dict[str, 
     return {k: v / med[REFERENCE] for k, v in med.items()}
 
 
-# Runs in a fresh interpreter: argv = kind ("onnx" | "torch"), file, threads, batch, tokens, module to import.
+# Runs in a fresh interpreter: argv = kind ("onnx" | "torch" | "torch-dynamic"), file, threads, batch, tokens,
+# module to import, and for PyTorch the model class and its config (JSON). A PyTorch variant is rebuilt from its
+# config and loads its state dict with weights_only=True (tensors only, no pickled code).
 _PROBE = r"""
 import json, sys
 import numpy as np
@@ -72,7 +74,11 @@ if kind == "onnx":
             for i in sess.get_inputs()}
     sess.run(None, feed)
 else:
-    model = torch.load(target, weights_only=False)
+    cls = getattr(importlib.import_module(sys.argv[6]), sys.argv[7])
+    model = cls(cls.config_class.from_dict(json.loads(sys.argv[8]))).eval()
+    if kind == "torch-dynamic":
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    model.load_state_dict(torch.load(target, weights_only=True))
     with torch.no_grad():
         model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
 print(json.dumps({"before_kb": before, "after_kb": status("VmHWM")}))
@@ -82,14 +88,22 @@ print(json.dumps({"before_kb": before, "after_kb": status("VmHWM")}))
 def peak_memory_mb(variant, folder, threads: int, batch: int, tokens: int) -> float:
     """Growth of the peak resident set (MiB) of a fresh process that loads ``variant`` and runs one
     ``batch`` × ``tokens`` input, over the same process after its imports (Linux: the peak is reset to
-    the current resident set through ``/proc/self/clear_refs`` after the imports, then read as ``VmHWM``)."""
+    the current resident set through ``/proc/self/clear_refs`` after the imports, then read as ``VmHWM``).
+    A PyTorch variant is rebuilt from its config (then dynamically quantized if it was) and loads its state
+    dict with ``weights_only=True``, so its peak includes building the FP32 module it is rebuilt from."""
+    extra = []
     if variant.path is not None:
         kind, target, module = "onnx", str(variant.path), "onnxruntime"
     else:
-        kind, target = "torch", str(Path(folder) / (variant.name.replace(" ", "_") + ".pt"))
-        module = type(variant.model).__module__
-        torch.save(variant.model, target)
-    out = subprocess.run([sys.executable, "-c", _PROBE, kind, target, str(threads), str(batch), str(tokens), module],
+        model = variant.model
+        dynamic = any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in model.modules())
+        kind = "torch-dynamic" if dynamic else "torch"
+        target = str(Path(folder) / (variant.name.replace(" ", "_") + ".pt"))
+        module = type(model).__module__
+        torch.save(model.state_dict(), target)
+        extra = [type(model).__name__, model.config.to_json_string()]
+    out = subprocess.run([sys.executable, "-c", _PROBE, kind, target, str(threads), str(batch), str(tokens), module,
+                          *extra],
                          capture_output=True, text=True, check=True)
     found = json.loads(out.stdout.strip().splitlines()[-1])
     return (found["after_kb"] - found["before_kb"]) / 1024
