@@ -149,18 +149,25 @@ class Percentile(CurrentMinMax):
         return f"Percentile(p={self.p})"
 
 
-class _SampledMSE(RangeEstimator):
+class _GridBound(RangeEstimator):
+    """An estimator whose search quantizes: it needs the quantizer's grid, bound by the quantizer (``bind``)."""
+
+    def __init__(self, grid: Grid | None = None):
+        self.grid = grid
+        super().__init__()
+
+    def bind(self, grid: Grid) -> "_GridBound":
+        self.grid = grid
+        return self
+
+
+class _SampledMSE(_GridBound):
     """Shared machinery: keep the extremes and a seeded random sample of values per row."""
 
     def __init__(self, grid: Grid | None = None, max_samples: int = 2 ** 18, seed: int = 0):
-        self.grid = grid
         self.max_samples = max_samples
         self.seed = seed
-        super().__init__()
-
-    def bind(self, grid: Grid) -> "_SampledMSE":
-        self.grid = grid
-        return self
+        super().__init__(grid)
 
     def reset(self):
         super().reset()
@@ -315,7 +322,7 @@ class TokenExtremes(CurrentMinMax):
         return est
 
 
-class PerBatchOMSE(RangeEstimator):
+class PerBatchOMSE(_GridBound):
     r"""OMSE searched per batch and averaged, as the Outlier Suppression code does it (notes §1.6).
 
     For one batch with extremes $x_{\min}, x_{\max}$ (per row), find the range $[l, h]$ minimising
@@ -332,14 +339,6 @@ class PerBatchOMSE(RangeEstimator):
     """
 
     name = "omse_per_batch"
-
-    def __init__(self, grid: Grid | None = None):
-        self.grid = grid
-        super().__init__()
-
-    def bind(self, grid: Grid) -> "PerBatchOMSE":
-        self.grid = grid
-        return self
 
     def reset(self):
         super().reset()
