@@ -267,7 +267,7 @@ plt.show()
 # decreasing values first touches only the few tokens that carry the largest outliers — and the
 # metric does not move — until an inflection point where the clip reaches ordinary tokens.
 # The GELU grid goes on below 1.0 (to 0.1), because in this model a clip at 1.0 already touches
-# almost every token in some layer while the metric has barely moved: the inflection point OS-5 is
+# almost every token in some layer while the metric has lost less than a point: the inflection point OS-5 is
 # about lies further on, and the grid must reach it for the claim to be tested at all.
 
 # %%
