@@ -484,7 +484,8 @@ print(full_profile_verdicts("04_understanding", profile))
 #
 # ```{admonition} Solution 2
 # :class: dropdown
-# `{"layer4.ffn.residual": 16, "layer5.ffn.residual": 16}` — pass it as `config` to `ux.wrap` (or
+# `{"layer4.ffn.residual": 16, "layer5.ffn.residual": 16}` — pass it as `config` to the chapter's recipe,
+# `quantize(setup.model, ux.recipe(config=cfg), batches)` (or run
 # `ux.configured_ptq(setup, seeds, {"last two": cfg})`). It is 2 of the model's activation
 # quantizers (compare with the counts in Table 4). Table 2's last row keeps the same two nodes in
 # FP32 rather than 16 bits; at 16 bits the difference is negligible.

@@ -5,7 +5,7 @@ import torch
 
 from outlierbook.analysis.sensitivity import fp32_kinds
 from outlierbook.experiments import understanding as ux
-from outlierbook.quant.calibrate import calibrate
+from outlierbook.recipe import quantize
 
 
 def test_memory_reduction_matches_a_hand_count():
@@ -22,32 +22,26 @@ def test_memory_reduction_matches_a_hand_count():
 
 def test_leave_one_out_groups_name_real_nodes_and_fp32_by_name(tiny_bert):
     model, batch = tiny_bert
-    qm = ux.wrap(model)
+    qm = quantize(model, ux.recipe(), [batch])
     groups = ux.leave_one_out_groups(len(qm.parts.layers))
     assert groups["same as above, but for layers 0, 1 only"] == ["layer0.ffn.residual", "layer1.ffn.residual"]
     names = set(qm.node_names())
     for kinds in groups.values():
         assert all(k in names or any(n.endswith("." + k) or n == k for n in names) for k in kinds)
-    calibrate(qm, [batch])
     qm.set_mode(False, True)
     with fp32_kinds(qm, ["layer1.ffn.residual"]):
         assert not qm.node("layer1.ffn.residual").quantizer.quantizing
         assert qm.node("layer0.ffn.residual").quantizer.quantizing
     assert qm.node("layer1.ffn.residual").quantizer.quantizing
-    qm.remove()
 
 
 def test_mixed_precision_configs_count_sixteen_bit_quantizers(tiny_bert):
-    model, _ = tiny_bert
-    qm = ux.wrap(model)
+    model, batch = tiny_bert
+    qm = quantize(model, ux.recipe(), [batch])
     configs = ux.mixed_precision_configs(qm)
     assert ux.output_nodes(qm) == ["pooler.output", "classifier.output"]
-    qm.remove()
-    counts = {}
-    for label, cfg in configs.items():
-        q = ux.wrap(model, config=cfg)
-        counts[label] = ux.sixteen_bit_share(q)
-        q.remove()
+    counts = {label: ux.sixteen_bit_share(quantize(model, ux.recipe(config=cfg), [batch]))
+              for label, cfg in configs.items()}
     n_layers = 2
     assert counts["W8A8 PTQ"][0] == 0
     assert counts["MP-PTQ*"][0] == n_layers
@@ -57,13 +51,12 @@ def test_mixed_precision_configs_count_sixteen_bit_quantizers(tiny_bert):
 
 
 def test_peg_rows_configure_groups_and_permutation_kinds(tiny_bert):
-    model, _ = tiny_bert
+    model, batch = tiny_bert
     configs, permuted = ux.peg_configs(16)
     assert set(permuted) == {"3 + P (only FFN)", "6 + P (only FFN)"}
-    q = ux.wrap(model, config={"attention.ln": {"axis": -1, "groups": 4}})
+    q = quantize(model, ux.recipe(config={"attention.ln": {"axis": -1, "groups": 4}}), [batch])
     g = q.node("layer0.attention.ln").quantizer.granularity
     assert g.axis == -1 and g.groups == 4
-    q.remove()
     assert configs["16 (=per-embd.)"]["ffn.ln"] == {"axis": -1, "groups": None}
     assert "ffn.ln" not in configs["16 (only FFN)"]
 
@@ -105,10 +98,8 @@ def test_range_search_shares_w32a8_and_w8a32_without_changing_any_value(tiny_ber
     assert len(found) == len(grid) * 2 * 3
     for r in found.itertuples():
         setting = next(g for g in grid if g.label == r.setting)
-        qm = ux.wrap(model, setting=setting)
-        calibrate(qm, ux.batches_for(setup, setting, r.seed))
+        qm = quantize(model, ux.recipe(setting=setting), ux.batches_for(setup, setting, r.seed))
         assert score(qm.set_mode(*ux.MODES[r.mode])) == pytest.approx(r.value, rel=1e-6), (r.setting, r.mode)
-        qm.remove()
 
 
 def test_the_per_embedding_reference_row_is_calibrated_on_sixteen_sequences(monkeypatch):

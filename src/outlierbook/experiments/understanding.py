@@ -62,12 +62,6 @@ def recipe(weight_bits=8, act_bits=8, setting: RangeSetting = RangeSetting(), co
                   calibrators=calibrators)
 
 
-def wrap(model, weight_bits=8, act_bits=8, setting: RangeSetting = RangeSetting(), config: dict | None = None,
-         weight_axis=None) -> QuantizedModel:
-    """The recipe's nodes on ``model`` itself, uncalibrated (for tests and exercises; ``remove()`` after)."""
-    return recipe(weight_bits, act_bits, setting, config, weight_axis).wrap(model)
-
-
 def batches_for(setup, setting: RangeSetting, seed: int):
     return calibration_batches(setup.calibration, setup.tokenizer, n=setting.batch_size * setting.n_batches,
                                batch_size=setting.batch_size, seed=seed)
