@@ -94,6 +94,9 @@ batches = {t: calibration_batches(s.calibration, s.tokenizer, n=n_calib, batch_s
            for t, s in setups.items()}
 migrated = {t: osx.migrated_copy(s.model) for t, s in setups.items()}
 cache = {}  # (task, method, bits) -> result, shared by the tables below
+# a full run keeps each finished experiment on disk, so a stopped run resumes; nbval re-runs the quick one
+memo = Memo("05_outlier_suppression", profile, enabled=profile == "full",
+            context=dict(model=model, data_source=data_source, n_calib=n_calib, seed=seed))
 
 # %% [markdown]
 # ## Gamma Migration
@@ -223,7 +226,7 @@ ABLATION = {"minmax": "MinMax", "gm+minmax": "MinMax + GM", "twc_coarse": "TWC c
 bits666 = osx.Bits.parse("6-6-6")
 ablation = []
 for t in tasks:
-    ablation += osx.run_methods(setups[t], list(ABLATION), bits666, batches[t], cache=cache,
+    ablation += osx.run_methods(setups[t], list(ABLATION), bits666, batches[t], cache=cache, memo=memo,
                                 twc_max_candidates=twc_max_candidates)
 ablation = pd.DataFrame(ablation).assign(label=lambda d: d.method.map(ABLATION))
 fp_scores = {t: setups[t].score() for t in tasks}
@@ -287,7 +290,7 @@ print(dumps({t: [ln for ln in gammas.index if gammas.loc[ln, t] > 1] for t in ta
 SELECTIVE = {"sgm+minmax": "MinMax + selective GM", "sgm+twc": "selective GM + TWC"}
 sel = []
 for t in tasks:
-    sel += osx.run_methods(setups[t], selective_gm, bits666, batches[t], cache=cache,
+    sel += osx.run_methods(setups[t], selective_gm, bits666, batches[t], cache=cache, memo=memo,
                            twc_max_candidates=twc_max_candidates)
 sel = pd.DataFrame(sel).assign(label=lambda d: d.method.map(SELECTIVE))
 rec.add_rows(sel.drop(columns=["fine_losses"], errors="ignore").assign(experiment="selective_gm"))
@@ -355,7 +358,7 @@ rows4 = []
 for b in table4_bits:
     for t in tasks:
         rows = osx.run_methods(setups[t], list(METHODS4), osx.Bits.parse(b), batches[t],
-                               cache=cache, twc_max_candidates=twc_max_candidates)
+                               cache=cache, memo=memo, twc_max_candidates=twc_max_candidates)
         rows4 += [r for r in rows if not r["method"].startswith("percentile:")] + [osx.best_percentile(rows)]
 table4_long = pd.DataFrame(rows4).assign(label=lambda d: d.method.map(METHODS4).fillna("Percentile (best on dev)"))
 rec.add_rows(table4_long.drop(columns=["fine_losses"], errors="ignore").assign(experiment="table4_ptq"))
@@ -396,7 +399,7 @@ compare.styled(t4, "ch05_table4", caption=shown4.caption(
 
 # %%
 t0 = tasks[0]
-timed = osx.run_methods(setups[t0], ["mse_grid"], bits666, batches[t0], cache=cache)
+timed = osx.run_methods(setups[t0], ["mse_grid"], bits666, batches[t0], cache=cache, memo=memo)
 timing_rows = [r for r in cache.values() if r["task"] == t0 and r["bits"] == "6-6-6"] + timed
 timing = pd.DataFrame(timing_rows)[["method", "value", "seconds"]].drop_duplicates("method").set_index("method")
 timing["candidates"] = [cache.get((t0, m, "6-6-6"), {}).get("n_candidates") for m in timing.index]
@@ -423,7 +426,8 @@ qat_rows = []
 for b in qat_bits:
     for variant in osx.QAT_VARIANTS:
         qat_rows.append(osx.qat_variant(setups["sst2"], variant, osx.Bits.parse(b), batches["sst2"], steps=qat_steps,
-                                        batch_size=qat_batch_size, seed=seed, twc_max_candidates=twc_max_candidates))
+                                        batch_size=qat_batch_size, seed=seed, twc_max_candidates=twc_max_candidates,
+                                        memo=memo))
 table5 = pd.DataFrame(qat_rows)
 rec.add_rows(table5.assign(experiment="table5_qat"))
 rec.update({f"table5/{r.bits}/{r.variant}/{k}": getattr(r, k) for r in table5.itertuples() for k in ("ptq_init", "value")})
@@ -521,7 +525,7 @@ claims.check(rec, "OS-8", ours=os8_ours, paper="BERT avg: ours 81.19 vs FP 83.83
 seconds = {m: cache[(tasks[0], m, "6-6-6")]["seconds"] for m in ("twc_coarse", "mse_grid", "omse")
            if (tasks[0], m, "6-6-6") in cache}
 if authors_omse:
-    osx.run_methods(setups[tasks[0]], ["omse_per_batch"], bits666, batches[tasks[0]], cache=cache)
+    osx.run_methods(setups[tasks[0]], ["omse_per_batch"], bits666, batches[tasks[0]], cache=cache, memo=memo)
     seconds["omse_per_batch"] = cache[(tasks[0], "omse_per_batch", "6-6-6")]["seconds"]
     rec.update({f"calibration_seconds/{tasks[0]}/omse_per_batch": seconds["omse_per_batch"],
                 f"authors_omse/6-6-6/{tasks[0]}": cache[(tasks[0], "omse_per_batch", "6-6-6")]["value"]})

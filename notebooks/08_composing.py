@@ -61,7 +61,9 @@ from outlierbook.results import Recorder, dumps
 rec = Recorder("08_composing", profile, params=dict(model=model, tasks=tasks, eval_limit=eval_limit, n_calib=n_calib,
                                                   bits=bits, seeds=seeds, twc_max_candidates=twc_max_candidates,
                                                   seed=seed))
-memo = Memo("08_composing", profile, enabled=profile == "full")  # resumable long runs; nbval re-runs the quick one
+# resumable long runs; nbval re-runs the quick one
+memo = Memo("08_composing", profile, enabled=profile == "full",
+            context=dict(model=model, data_source=data_source, n_calib=n_calib, seed=seed))
 setups = {t: task_setup(t, profile, model=model, eval_limit=eval_limit, data_source=data_source, seed=seed)
           for t in tasks}
 

@@ -1,9 +1,11 @@
 """Per-experiment memo: a long run that stops loses at most the experiment in progress.
 
 ``Memo(chapter, profile)`` keeps one small JSON file per finished experiment under
-``<cache>/memo/<chapter>/<profile>/<src hash>/``, named by a digest of the experiment's key, written
-atomically. The library's source hash is part of the folder, so a code change never reuses a result
-computed by other code. ``memo(key, compute)`` returns the stored value or computes, stores and returns it.
+``<cache>/memo/<chapter>/<profile>/<src hash>/<context digest>/``, named by a digest of the experiment's
+key, written atomically. The library's source hash is part of the folder, so a code change never reuses a
+result computed by other code; so is ``context``, the run's parameters every experiment depends on (model,
+data source, calibration size, seed), so a run with ``--set model=...`` never reuses another model's
+results. ``memo(key, compute)`` returns the stored value or computes, stores and returns it.
 """
 
 from __future__ import annotations
@@ -17,16 +19,16 @@ from .paths import cache_dir
 
 
 class Memo:
-    def __init__(self, chapter: str, profile: str, enabled: bool = True):
+    def __init__(self, chapter: str, profile: str, enabled: bool = True, context: dict | None = None):
         from .runner import src_hash
 
-        self.folder: Path = cache_dir() / "memo" / chapter / profile / src_hash()
+        self.context = dict(context or {})
+        self.folder: Path = cache_dir() / "memo" / chapter / profile / src_hash() / _digest(self.context)
         self.enabled = enabled
         self.hits = self.misses = 0
 
     def _path(self, key: dict) -> Path:
-        text = json.dumps(key, sort_keys=True, default=str)
-        return self.folder / (hashlib.sha256(text.encode()).hexdigest()[:20] + ".json")
+        return self.folder / (_digest(key) + ".json")
 
     def __call__(self, key: dict, compute):
         path = self._path(key)
@@ -44,3 +46,8 @@ class Memo:
             self.folder.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps({"key": key, "value": value}, sort_keys=True, default=str))
         return value
+
+
+def _digest(obj: dict) -> str:
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]

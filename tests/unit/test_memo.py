@@ -29,7 +29,19 @@ def test_a_finished_experiment_is_not_recomputed_and_a_damaged_one_is(tmp_path, 
 def test_memo_folders_are_per_chapter_profile_and_code(tmp_path, monkeypatch):
     monkeypatch.setenv("OUTLIERBOOK_CACHE", str(tmp_path))
     a, b = Memo("08_composing", "quick"), Memo("08_composing", "full")
-    assert a.folder != b.folder and a.folder.parent.parent == b.folder.parent.parent
+    assert a.folder != b.folder and a.folder.parent.parent.parent == b.folder.parent.parent.parent
     from outlierbook.runner import src_hash
 
-    assert a.folder.name == src_hash()
+    assert a.folder.parent.name == src_hash()
+
+
+def test_a_run_with_another_context_does_not_reuse_results(tmp_path, monkeypatch):
+    """Results of one model (or calibration size) are never served to a run with another."""
+    monkeypatch.setenv("OUTLIERBOOK_CACHE", str(tmp_path))
+    key = {"task": "sst2", "method": "minmax"}
+    a = Memo("05_outlier_suppression", "full", context={"model": "a", "n_calib": 256})
+    assert a(key, lambda: 1.0) == 1.0
+    same = Memo("05_outlier_suppression", "full", context={"n_calib": 256, "model": "a"})
+    other = Memo("05_outlier_suppression", "full", context={"model": "b", "n_calib": 256})
+    assert same(key, lambda: 2.0) == 1.0 and same.hits == 1
+    assert other(key, lambda: 2.0) == 2.0 and other.misses == 1

@@ -120,3 +120,31 @@ def test_qat_with_pact_trains_the_clipping_bounds(tiny_bert, char_tokenizer):
     assert all(q.pact for q in acts) and not any(q.pact for q in qm.weight_quantizers())
     assert any(abs(float(q.hi_param) - hi0[q.name]) > 1e-4 for q in acts)  # some bounds moved
     qm.remove()
+
+
+def test_a_stopped_full_run_resumes_its_methods_from_the_memo(tmp_path, monkeypatch):
+    """Chapter 5's results are kept per experiment on disk: a new run (fresh in-memory cache) reuses
+    them, and a different FP checkpoint or option is a different experiment."""
+    import types
+
+    from outlierbook.memo import Memo
+
+    monkeypatch.setenv("OUTLIERBOOK_CACHE", str(tmp_path))
+    calls = []
+
+    def fake_score(setup, method, bits, batches, **kw):
+        calls.append((setup.checkpoint, method, kw.get("twc_max_candidates")))
+        return {"task": setup.task, "method": method, "bits": bits.wea, "value": float(len(calls)), "seconds": 0.1}
+
+    monkeypatch.setattr(osx, "score_method", fake_score)
+    setup = types.SimpleNamespace(task="sst2", checkpoint="steps2105-seed0-abc", eval_data=[0] * 10)
+    memo = Memo("05_outlier_suppression", "full", context={"model": "m", "n_calib": 256})
+    first = osx.run_methods(setup, ["minmax", "twc"], "6-6-6", [], cache={}, memo=memo, twc_max_candidates=None)
+    resumed = osx.run_methods(setup, ["minmax", "twc"], "6-6-6", [], cache={},
+                              memo=Memo("05_outlier_suppression", "full", context={"model": "m", "n_calib": 256}),
+                              twc_max_candidates=None)
+    assert resumed == first and len(calls) == 2
+    other = types.SimpleNamespace(task="sst2", checkpoint="steps999-seed0-def", eval_data=[0] * 10)
+    osx.run_methods(other, ["minmax"], "6-6-6", [], cache={}, memo=memo, twc_max_candidates=None)
+    osx.run_methods(setup, ["minmax"], "6-6-6", [], cache={}, memo=memo, twc_max_candidates=8)
+    assert len(calls) == 4

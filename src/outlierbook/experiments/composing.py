@@ -80,7 +80,8 @@ def score_recipes(setup, bits_list, batches_for_seed, seeds, memo: Memo, twc_max
             return {"value": setup.score(qm), "seconds": qm.info["seconds"]}
 
         key = {"task": setup.task, "bits": Bits.parse(b).name, "recipe": name, "seed": seed,
-               "twc_max_candidates": twc_max_candidates, "n_eval": len(setup.eval_data)}
+               "twc_max_candidates": twc_max_candidates, "n_eval": len(setup.eval_data),
+               "checkpoint": setup.checkpoint}
         rows.append({"task": setup.task, "bits": Bits.parse(b).name, "recipe": name, "seed": seed, **memo(key, run)})
     return pd.DataFrame(rows)
 

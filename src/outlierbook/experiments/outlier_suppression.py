@@ -121,18 +121,27 @@ QAT_VARIANTS = {
 
 
 def qat_variant(setup, variant: str, bits: Bits, batches, steps: int, batch_size: int = 32, lr: float = 2e-5,
-                seed: int = 0, twc_max_candidates: int | None = None, progress: bool = True) -> dict:
-    """Quantization-aware training of a *copy* of the FP model from one of :data:`QAT_VARIANTS`."""
+                seed: int = 0, twc_max_candidates: int | None = None, progress: bool = True, memo=None) -> dict:
+    """Quantization-aware training of a *copy* of the FP model from one of :data:`QAT_VARIANTS`
+    (kept on disk by ``memo``, if given, so a stopped full run does not train it again)."""
     from ..methods.qat import qat_and_score
 
     if variant not in QAT_VARIANTS:
         raise ConfigError(f"unknown QAT variant {variant!r}; use one of: {', '.join(QAT_VARIANTS)}")
     init, pact = QAT_VARIANTS[variant]
-    qm = quantize(setup.model, recipe_for(init, bits, twc_max_candidates), batches)
-    result = qat_and_score(qm, setup, steps=steps, batch_size=batch_size, lr=lr, seed=seed, pact=pact,
-                           progress=progress)
-    return {"task": setup.task, "variant": variant, "bits": Bits.parse(bits).wea, "ptq_init": result["ptq"],
-            "value": result["value"], "final_loss": result["final_loss"], "steps": steps}
+    bits = Bits.parse(bits)
+
+    def run():
+        qm = quantize(setup.model, recipe_for(init, bits, twc_max_candidates), batches)
+        result = qat_and_score(qm, setup, steps=steps, batch_size=batch_size, lr=lr, seed=seed, pact=pact,
+                               progress=progress)
+        return {"task": setup.task, "variant": variant, "bits": bits.wea, "ptq_init": result["ptq"],
+                "value": result["value"], "final_loss": result["final_loss"], "steps": steps}
+
+    key = {"experiment": "qat", "task": setup.task, "variant": variant, "bits": bits.wea, "steps": steps,
+           "batch_size": batch_size, "lr": lr, "seed": seed, "twc_max_candidates": twc_max_candidates,
+           "checkpoint": setup.checkpoint, "n_eval": len(setup.eval_data)}
+    return memo(key, run) if memo is not None else run()
 
 
 def ln_cosine_table(model, batches, bits: int = 6):
@@ -168,8 +177,12 @@ def weight_cosine_table(model, bits: int = 6):
     return pd.DataFrame(rows)
 
 
-def run_methods(setup, methods, bits: Bits, batches, cache: dict | None = None, **kw) -> list[dict]:
-    """:func:`score_method` for each method (memoised in ``cache`` by task, method and bits), with progress."""
+def run_methods(setup, methods, bits: Bits, batches, cache: dict | None = None, memo=None, **kw) -> list[dict]:
+    """:func:`score_method` for each method, with progress.
+
+    Each result is kept in ``cache`` (this run's index, keyed by task, method and bits) and, with a
+    :class:`~outlierbook.memo.Memo`, on disk, so a stopped full run resumes at the method in progress.
+    The memo's key also holds the method's options (``kw``) and the number of evaluation examples."""
     from tqdm import tqdm
 
     from ..nbsetup import progress_enabled
@@ -180,7 +193,12 @@ def run_methods(setup, methods, bits: Bits, batches, cache: dict | None = None, 
     for method in tqdm(methods, desc=f"{setup.task} {bits.wea}", disable=not progress_enabled()):
         key = (setup.task, method, bits.wea)
         if key not in cache:
-            cache[key] = score_method(setup, method, bits, batches, **kw)
+            def run(method=method):
+                return score_method(setup, method, bits, batches, **kw)
+
+            stored = {"experiment": "method", "task": setup.task, "method": method, "bits": bits.wea,
+                      "checkpoint": setup.checkpoint, "n_eval": len(setup.eval_data), **kw}
+            cache[key] = memo(stored, run) if memo is not None else run()
         rows.append(cache[key])
     return rows
 

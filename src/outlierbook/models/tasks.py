@@ -255,6 +255,7 @@ class TaskSetup:
     calibration: TaskData
     metric: str
     zero_shot: bool = False  # STS-B on the bare encoder (cosine of mean-pooled embeddings)
+    checkpoint: str = ""  # which FP model: the fine-tuning run's key, or "encoder" (part of memo keys)
 
     def evaluate(self, model=None) -> dict:
         model = self.model if model is None else model
@@ -286,13 +287,16 @@ def task_setup(task: str, profile: str, model: str = EMBEDDED, split: str = "dev
     eval_data = subsample(load_task(spec.name, split, source=data_source), eval_limit, seed)
     train = load_task(spec.name, "train", source=data_source)
     if spec.name == "stsb" and stsb_head:
-        head = get_finetuned(budget("stsb", profile, model=model, seed=seed), data_source=data_source)
-        return TaskSetup("stsb", head, tokenizer, eval_data, train, "spearman")
+        cfg = budget("stsb", profile, model=model, seed=seed)
+        head = get_finetuned(cfg, data_source=data_source)
+        return TaskSetup("stsb", head, tokenizer, eval_data, train, "spearman", checkpoint=cfg.key())
     if spec.name == "stsb":
         from .load import load_encoder
 
         sentences = [s for pair in zip(train.text_a, train.text_b) for s in pair]
         calibration = TaskData("stsb", "train", sentences, None, [0.0] * len(sentences))
-        return TaskSetup("stsb", load_encoder(model), tokenizer, eval_data, calibration, "spearman", zero_shot=True)
-    head = get_finetuned(budget(spec.name, profile, model=model, seed=seed), data_source=data_source)
-    return TaskSetup(spec.name, head, tokenizer, eval_data, train, "accuracy")
+        return TaskSetup("stsb", load_encoder(model), tokenizer, eval_data, calibration, "spearman", zero_shot=True,
+                         checkpoint="encoder")
+    cfg = budget(spec.name, profile, model=model, seed=seed)
+    head = get_finetuned(cfg, data_source=data_source)
+    return TaskSetup(spec.name, head, tokenizer, eval_data, train, "accuracy", checkpoint=cfg.key())
