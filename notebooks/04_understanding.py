@@ -68,6 +68,7 @@ from outlierbook.experiments import understanding as ux
 from outlierbook.models.tasks import task_setup
 from outlierbook.quant.calibrate import calibration_batches
 from outlierbook.headline import headline_table, run_label
+from outlierbook.memo import Memo
 from outlierbook.results import Recorder, dumps, full_profile_verdicts
 
 
@@ -98,6 +99,10 @@ setups = {t: task_setup(t, profile, model=model, eval_limit=eval_limit, data_sou
           for t in tasks}
 fp = {t: s.score() for t, s in setups.items()}
 rec.update({f"fp32/{t}": v for t, v in fp.items()})
+# a full run keeps each finished experiment (one setting and seed, one QAT run) on disk, so a stopped
+# run resumes; nbval re-runs the quick one
+memo = Memo("04_understanding", profile, enabled=profile == "full",
+            context=dict(model=model, data_source=data_source, seed=seed))
 
 # %% [markdown]
 # ## Table 1: weights or activations, with the range setting chosen per task
@@ -111,7 +116,7 @@ rec.update({f"fp32/{t}": v for t, v in fp.items()})
 
 # %%
 grid = ux.range_grid(weights=weight_estimators, acts=[tuple(a) for a in act_settings])
-search = pd.concat([ux.range_search(setups[t], grid, seeds) for t in tasks], ignore_index=True)
+search = pd.concat([ux.range_search(setups[t], grid, seeds, memo=memo) for t in tasks], ignore_index=True)
 rec.add_rows(search.assign(experiment="range_search"))
 best = ux.best_setting(search).set_index("task")
 table1 = best[["W8A8", "W32A8", "W8A32"]].T[tasks]
@@ -148,7 +153,7 @@ compare.styled(compare.compare(paper1[paper1.metric.isin(ours1.metric)], ours1, 
 # quantizer at a time stays FP32. The kind whose exemption recovers the most is the culprit.
 
 # %%
-loo = pd.concat([ux.leave_one_out(setups[t], seeds) for t in problem_tasks], ignore_index=True)
+loo = pd.concat([ux.leave_one_out(setups[t], seeds, memo=memo) for t in problem_tasks], ignore_index=True)
 rec.add_rows(loo.assign(experiment="leave_one_out"))
 table2 = loo.pivot(index="quantized activations", columns="task", values="value")
 table2 = table2.loc[list(dict.fromkeys(loo["quantized activations"]))][problem_tasks]
@@ -182,7 +187,7 @@ paper_table("Table 2")
 # activation quantizers that are 16-bit — the paper keeps 36 of BERT-base's 161 (22 %).
 
 # %%
-mp = pd.concat([ux.mixed_precision(setups[t], seeds) for t in problem_tasks], ignore_index=True)
+mp = pd.concat([ux.mixed_precision(setups[t], seeds, memo=memo) for t in problem_tasks], ignore_index=True)
 rec.add_rows(mp.assign(experiment="mixed_precision"))
 table4 = mp.pivot(index="config", columns="task", values="value").loc[list(dict.fromkeys(mp.config))][problem_tasks]
 table4.loc["FP32"] = pd.Series({t: fp[t] for t in problem_tasks})
@@ -223,7 +228,7 @@ peg = []
 for t in problem_tasks:
     s = setups[t]
     perm_batches = calibration_batches(s.calibration, s.tokenizer, n=perm_examples, batch_size=32, seed=seed)
-    peg.append(ux.peg_table(s, seeds, perm_batches))
+    peg.append(ux.peg_table(s, seeds, perm_batches, memo=memo))
 peg = pd.concat(peg, ignore_index=True)
 rec.add_rows(peg.assign(experiment="peg"))
 table5 = peg.pivot(index="config", columns="task", values="value").loc[list(dict.fromkeys(peg.config))][problem_tasks]
@@ -253,8 +258,8 @@ paper_table("Table 5")
 qat_setups = {t: (task_setup("stsb", profile, model=model, eval_limit=eval_limit, data_source=data_source, seed=seed,
                              stsb_head=True) if t == "stsb" else setups[t]) for t in set(qat_tasks) | set(lowbit_tasks)}
 qat_fp = {t: s.score() for t, s in qat_setups.items()}
-qat8 = pd.DataFrame([ux.qat_run(qat_setups[t], 8, 8, steps=qat_steps, batch_size=qat_batch_size, lr=qat_lr, seed=seed)
-                     for t in qat_tasks]).assign(fp32=lambda d: d.task.map(qat_fp))
+qat8 = pd.DataFrame([ux.qat_run(qat_setups[t], 8, 8, steps=qat_steps, batch_size=qat_batch_size, lr=qat_lr, seed=seed,
+                             memo=memo) for t in qat_tasks]).assign(fp32=lambda d: d.task.map(qat_fp))
 rec.add_rows(qat8.assign(experiment="qat_w8a8"))
 rec.update({f"qat_w8a8/{r.task}/{k}": getattr(r, k) for r in qat8.itertuples() for k in ("fp32", "ptq", "value")})
 
@@ -286,10 +291,10 @@ for t in lowbit_tasks:
     rows7.append({"task": t, "method": "FP32", "value": qat_fp[t]})
     for label, (wb, ab, eb) in LOWBIT.items():
         if label.endswith("PTQ"):
-            value = ux.weight_ptq(s, wb, seeds)
+            value = ux.weight_ptq(s, wb, seeds, memo=memo)
         else:
             value = ux.qat_run(s, wb, ab, config=ux.low_bit_config(eb), steps=qat_steps, batch_size=qat_batch_size,
-                               lr=qat_lr, seed=seed)["value"]
+                               lr=qat_lr, seed=seed, memo=memo)["value"]
         rows7.append({"task": t, "method": label, "value": value})
 table7 = pd.DataFrame(rows7).pivot(index="method", columns="task", values="value").loc[["FP32", *LOWBIT]][lowbit_tasks]
 memory = {label: ux.memory_reduction(setups["sst2"].model, wb or 32, eb) for label, (wb, ab, eb) in
@@ -336,6 +341,21 @@ paper6 = paper6[[c for c in head.columns if c in paper6.columns]]  # the same co
 side = pd.concat({"paper (BERT-base)": paper6.reindex(head.index), "ours (MiniLM)": head}, axis=1)
 side.style.set_uuid("ch04_table6").format("{:.2f}", na_rep="—").set_caption(result("table1", table1).caption(
     "Table 6, paper beside ours (our STS-B QAT uses the regression head; its FP32 is in the QAT table)"))
+
+# %% [markdown]
+# ## How far apart are the seeds?
+#
+# Each number in Tables 2, 4 and 5 is the median over calibration seeds, as in the paper. A difference
+# between two rows is a finding only if it is larger than the spread over seeds, so here is that
+# spread: per table and task, the largest standard deviation over seeds of any row (a run with one
+# seed, like the quick profile, has none to show).
+
+# %% tags=["nbval-check-output"]
+seed_spread = pd.DataFrame({name: frame.groupby("task", sort=False)["std"].max()
+                            for name, frame in {"Table 2": loo, "Table 4": mp, "Table 5": peg}.items()}).T
+rec.update({f"seed_std_max/{k}/{t}": v for k, row in seed_spread.iterrows() for t, v in row.items()})
+print(f"{len(seeds)} calibration seed(s); largest std over seeds (points):")
+print(seed_spread.round(2).to_string())
 
 # %% [markdown]
 # ## Claim checks

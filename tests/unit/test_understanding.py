@@ -128,3 +128,35 @@ def test_the_per_embedding_reference_row_is_calibrated_on_sixteen_sequences(monk
     monkeypatch.setattr(ux, "sixteen_bit_share", lambda qm: (0, 1))
     ux.configured_ptq(Setup(), [0], {"one": {}, ref: {}}, settings=ux.peg_settings(16))
     assert [s.batch_size * s.n_batches for s in seen.values()] == [1, 16]
+
+
+def test_a_stopped_full_run_of_the_chapter_resumes_from_its_memo(tiny_bert, monkeypatch, tmp_path):
+    """Every (setting, seed) of the range search and every leave-one-out seed is kept on disk: a new run
+    with the same context recomputes nothing and gives the same table (mean ± std beside the median)."""
+    import types
+
+    from outlierbook.memo import Memo
+
+    monkeypatch.setenv("OUTLIERBOOK_CACHE", str(tmp_path))
+    model, batch = tiny_bert
+
+    def score(qm=None):
+        with torch.no_grad():
+            return float((qm or model)(**batch).logits.sum())
+
+    setup = types.SimpleNamespace(task="t", model=model, score=score, checkpoint="ck", eval_data=[0] * 4)
+    monkeypatch.setattr(ux, "batches_for", lambda s, setting, seed: [{k: v[seed:seed + 2] for k, v in batch.items()}])
+    grid = ux.range_grid(weights=("current_minmax",), acts=(("current_minmax", 1, 1), ("running_minmax", 1, 1)))
+    first = ux.range_search(setup, grid, [0, 1], memo=Memo("04_understanding", "full"))
+    loo = ux.leave_one_out(setup, [0, 1], memo=Memo("04_understanding", "full"))
+    assert (loo["n_seeds"] == 2).all() and loo["std"].notna().all()
+
+    def refuse(*a, **k):
+        raise AssertionError("recomputed a stored experiment")
+
+    monkeypatch.setattr(ux, "quantize", refuse)
+    assert ux.range_search(setup, grid, [0, 1], memo=Memo("04_understanding", "full")).equals(first)
+    assert ux.leave_one_out(setup, [0, 1], memo=Memo("04_understanding", "full")).equals(loo)
+    with pytest.raises(AssertionError, match="recomputed"):  # another FP checkpoint is another experiment
+        ux.leave_one_out(types.SimpleNamespace(**{**vars(setup), "checkpoint": "other"}), [0],
+                         memo=Memo("04_understanding", "full"))

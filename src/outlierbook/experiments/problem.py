@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import statistics
+import math
 
 import pandas as pd
 from tqdm import tqdm
@@ -12,6 +12,7 @@ from ..models.tasks import TaskSetup
 from ..nbsetup import progress_enabled
 from ..quant.calibrate import calibration_batches
 from ..recipe import Bits, Recipe, quantize
+from ..seeds import summarize
 
 # (weight bits, activation bits) of each wrapper -> the settings read off it by switching modes.
 SWEEP = {
@@ -23,20 +24,35 @@ SWEEP = {
 
 
 def weight_act_sweep(setup: TaskSetup, n_calib: int = 256, seeds=(0,), placement: str = "bondarenko",
-                     act_estimator="avg_minmax", batch_size: int = 32) -> pd.DataFrame:
-    """Metric of every setting in :data:`SWEEP` (median over calibration seeds), plus FP32."""
-    rows = [{"task": setup.task, "setting": "FP32", "metric": setup.metric, "value": setup.score(), "n_seeds": 1}]
+                     act_estimator="avg_minmax", batch_size: int = 32, memo=None) -> pd.DataFrame:
+    """Metric of every setting in :data:`SWEEP` over calibration seeds, plus FP32.
+
+    One row per setting: ``value`` is the mean over seeds, beside ``std``, ``median`` and ``n_seeds``
+    (see :mod:`outlierbook.seeds`). With a :class:`~outlierbook.memo.Memo`, each (wrapper, seed) is kept
+    on disk, so a stopped full run resumes there.
+    """
+    rows = [{"task": setup.task, "setting": "FP32", "metric": setup.metric, "value": setup.score(), "std": math.nan,
+             "median": math.nan, "n_seeds": 1}]
+    rows[0]["median"] = rows[0]["value"]
     per_setting: dict[str, list[float]] = {}
     jobs = [(bits, seed) for bits in SWEEP for seed in seeds]
     for (wb, ab), seed in tqdm(jobs, desc=f"PTQ sweep {setup.task}", disable=not progress_enabled()):
-        batches = calibration_batches(setup.calibration, setup.tokenizer, n_calib, batch_size, seed)
-        qm = quantize(setup.model, Recipe(bits=Bits(wb, wb, ab), placement=placement, act_estimator=act_estimator),
-                      batches)
-        for name, mode in SWEEP[(wb, ab)].items():
-            per_setting.setdefault(name, []).append(setup.score(qm.set_mode(*mode)))
+        def run(wb=wb, ab=ab, seed=seed):
+            batches = calibration_batches(setup.calibration, setup.tokenizer, n_calib, batch_size, seed)
+            qm = quantize(setup.model, Recipe(bits=Bits(wb, wb, ab), placement=placement,
+                                              act_estimator=act_estimator), batches)
+            return {name: setup.score(qm.set_mode(*mode)) for name, mode in SWEEP[(wb, ab)].items()}
+
+        key = {"experiment": "sweep", "task": setup.task, "weight_bits": wb, "act_bits": ab, "seed": seed,
+               "n_calib": n_calib, "batch_size": batch_size, "placement": placement, "act_estimator": act_estimator,
+               "checkpoint": setup.checkpoint, "n_eval": len(setup.eval_data)}
+        scores = memo(key, run) if memo is not None else run()
+        for name in SWEEP[(wb, ab)]:  # in the sweep's order (a stored result's keys come back sorted)
+            per_setting.setdefault(name, []).append(scores[name])
     for name, values in per_setting.items():
-        rows.append({"task": setup.task, "setting": name, "metric": setup.metric,
-                     "value": statistics.median(values), "n_seeds": len(values)})
+        s = summarize(values)
+        rows.append({"task": setup.task, "setting": name, "metric": setup.metric, "value": s["mean"], "std": s["std"],
+                     "median": s["median"], "n_seeds": s["n_seeds"]})
     return pd.DataFrame(rows)
 
 

@@ -24,6 +24,7 @@ from ..models.anatomy import anatomy
 from ..quant.calibrate import calibration_batches
 from ..quant.nodes import QuantizedModel, candidate_names
 from ..recipe import Bits, PegPermutation, Ranges, Recipe, quantize
+from ..seeds import summarize
 
 # Activation kinds whose output has the hidden size d (PEG's per-embedding "all" setting).
 HIDDEN_KINDS = ("embeddings.sum", "embeddings.ln", "attention.q", "attention.k", "attention.v", "attention.context",
@@ -71,12 +72,24 @@ def _progress(items, desc):
     return tqdm(items, desc=desc, disable=not progress_enabled())
 
 
+def _kept(memo, setup, key: dict, run):
+    """``run()``, or with a :class:`~outlierbook.memo.Memo` its stored result: the key gains the FP
+    checkpoint and the evaluation size, so a stopped full run resumes at the experiment in progress."""
+    if memo is None:
+        return run()
+    return memo({**key, "task": setup.task, "checkpoint": setup.checkpoint, "n_eval": len(setup.eval_data)}, run)
+
+
+def _setting_key(setting: RangeSetting) -> dict:
+    return {"weights": setting.weights, "acts": setting.acts, "bs": setting.batch_size, "nb": setting.n_batches}
+
+
 # ------------------------------------------------------------------ Table 1 with the B.2 search
 
 MODES = {"W8A8": (True, True), "W32A8": (False, True), "W8A32": (True, False)}
 
 
-def range_search(setup, grid: list[RangeSetting], seeds) -> pd.DataFrame:
+def range_search(setup, grid: list[RangeSetting], seeds, memo=None) -> pd.DataFrame:
     """W8A8 / W32A8 / W8A32 for every range setting and seed (long format: setting, seed, mode, value).
 
     Activation ranges are estimated on the FP model and weight ranges from the weights alone, so
@@ -87,13 +100,19 @@ def range_search(setup, grid: list[RangeSetting], seeds) -> pd.DataFrame:
     rows, w32a8, w8a32 = [], {}, {}
     for setting in _progress(grid, f"range search {setup.task}"):
         for seed in seeds:
-            qm = quantize(setup.model, recipe(setting=setting), batches_for(setup, setting, seed))
             act_key = (setting.acts, setting.batch_size, setting.n_batches, seed)
-            values = {"W8A8": setup.score(qm.set_mode(True, True))}
-            if act_key not in w32a8:
-                w32a8[act_key] = setup.score(qm.set_mode(False, True))
-            if setting.weights not in w8a32:
-                w8a32[setting.weights] = setup.score(qm.set_mode(True, False))
+
+            def run(setting=setting, seed=seed, act_key=act_key):
+                qm = quantize(setup.model, recipe(setting=setting), batches_for(setup, setting, seed))
+                values = {"W8A8": setup.score(qm.set_mode(True, True))}
+                values["W32A8"] = w32a8[act_key] if act_key in w32a8 else setup.score(qm.set_mode(False, True))
+                values["W8A32"] = (w8a32[setting.weights] if setting.weights in w8a32
+                                   else setup.score(qm.set_mode(True, False)))
+                return values
+
+            values = _kept(memo, setup, {"experiment": "range_search", **_setting_key(setting), "seed": seed}, run)
+            w32a8.setdefault(act_key, values["W32A8"])
+            w8a32.setdefault(setting.weights, values["W8A32"])
             values.update(W32A8=w32a8[act_key], W8A32=w8a32[setting.weights])
             rows += [{"task": setup.task, "setting": setting.label, "seed": seed, "mode": mode, "value": values[mode]}
                      for mode in MODES]
@@ -122,18 +141,31 @@ def leave_one_out_groups(n_layers: int) -> dict[str, list[str]]:
     }
 
 
-def leave_one_out(setup, seeds) -> pd.DataFrame:
-    """W32A8 (current min-max, one sequence) with one activation kind at a time left in FP32."""
+def leave_one_out(setup, seeds, memo=None) -> pd.DataFrame:
+    """W32A8 (current min-max, one sequence) with one activation kind at a time left in FP32: the
+    median over seeds (the paper's statistic) beside mean and std."""
     groups = leave_one_out_groups(len(anatomy(setup.model).layers))
     per: dict[str, list[float]] = {}
     for seed in _progress(list(seeds), f"leave-one-out {setup.task}"):
-        qm = quantize(setup.model, recipe(), batches_for(setup, RangeSetting(), seed))
-        qm.set_mode(weights=False, acts=True)
-        for label, kinds in groups.items():
-            with fp32_kinds(qm, kinds):
-                per.setdefault(label, []).append(setup.score(qm))
-    return pd.DataFrame([{"task": setup.task, "quantized activations": k, "value": statistics.median(v)}
-                         for k, v in per.items()])
+        def run(seed=seed):
+            qm = quantize(setup.model, recipe(), batches_for(setup, RangeSetting(), seed))
+            qm.set_mode(weights=False, acts=True)
+            scores = {}
+            for label, kinds in groups.items():
+                with fp32_kinds(qm, kinds):
+                    scores[label] = setup.score(qm)
+            return scores
+
+        scores = _kept(memo, setup, {"experiment": "leave_one_out", "seed": seed}, run)
+        for label in groups:
+            per.setdefault(label, []).append(scores[label])
+    return pd.DataFrame([{"task": setup.task, "quantized activations": k, **_spread(v)} for k, v in per.items()])
+
+
+def _spread(values) -> dict:
+    """``value`` (the median over seeds, as the paper reports) and the mean ± std beside it."""
+    s = summarize(values)
+    return {"value": s["median"], "mean": s["mean"], "std": s["std"], "n_seeds": s["n_seeds"]}
 
 
 # ------------------------------------------------------------------ Table 4: mixed precision
@@ -163,7 +195,7 @@ def sixteen_bit_share(qm: QuantizedModel) -> tuple[int, int]:
 
 def configured_ptq(setup, seeds, configs: dict[str, dict], weight_bits=8, act_bits=8, perm_batches=None,
                    peg_kinds: dict[str, tuple] | None = None, settings: dict[str, RangeSetting] | None = None,
-                   desc="PTQ") -> pd.DataFrame:
+                   desc="PTQ", memo=None) -> pd.DataFrame:
     """Median W{weight_bits}A{act_bits} score of each named node config (current min-max, one sequence,
     unless ``settings`` gives a config its own range setting, e.g. one batch of 16 sequences).
 
@@ -174,20 +206,28 @@ def configured_ptq(setup, seeds, configs: dict[str, dict], weight_bits=8, act_bi
     for label, config in _progress(list(configs.items()), f"{desc} {setup.task}"):
         values, share = [], None
         kinds = peg_kinds.get(label) if peg_kinds else None
+        setting = (settings or {}).get(label, RangeSetting())
         for seed in seeds:
-            setting = (settings or {}).get(label, RangeSetting())
-            qm = quantize(setup.model, recipe(weight_bits, act_bits, setting=setting, config=config, peg_kinds=kinds),
-                          batches_for(setup, setting, seed),
-                          calibration={"peg_permutation": perm_batches} if kinds else None)
-            values.append(setup.score(qm.set_mode(weights=True, acts=True)))
-            share = sixteen_bit_share(qm)
-        rows.append({"task": setup.task, "config": label, "value": statistics.median(values),
+            def run(seed=seed, config=config, kinds=kinds, setting=setting):
+                qm = quantize(setup.model, recipe(weight_bits, act_bits, setting=setting, config=config,
+                                                  peg_kinds=kinds),
+                              batches_for(setup, setting, seed),
+                              calibration={"peg_permutation": perm_batches} if kinds else None)
+                return {"value": setup.score(qm.set_mode(weights=True, acts=True)), "share": sixteen_bit_share(qm)}
+
+            key = {"experiment": desc, "config": config, "label": label, "bits": [weight_bits, act_bits],
+                   "permuted": list(kinds or ()), **_setting_key(setting), "seed": seed,
+                   "perm_examples": sum(len(b["input_ids"]) for b in perm_batches) if kinds else 0}
+            result = _kept(memo, setup, key, run)
+            values.append(result["value"])
+            share = result["share"]
+        rows.append({"task": setup.task, "config": label, **_spread(values),
                      "16-bit quantizers": share[0], "activation quantizers": share[1]})
     return pd.DataFrame(rows)
 
 
-def mixed_precision(setup, seeds) -> pd.DataFrame:
-    return configured_ptq(setup, seeds, mixed_precision_configs(setup.model), desc="mixed precision")
+def mixed_precision(setup, seeds, memo=None) -> pd.DataFrame:
+    return configured_ptq(setup, seeds, mixed_precision_configs(setup.model), desc="mixed precision", memo=memo)
 
 
 # ------------------------------------------------------------------ Table 5: PEG
@@ -222,11 +262,11 @@ def peg_settings(hidden: int) -> dict[str, RangeSetting]:
     return {per_embedding_reference(hidden): RangeSetting(batch_size=PER_EMBEDDING_SEQUENCES)}
 
 
-def peg_table(setup, seeds, perm_batches) -> pd.DataFrame:
+def peg_table(setup, seeds, perm_batches, memo=None) -> pd.DataFrame:
     hidden = setup.model.config.hidden_size
     configs, permuted = peg_configs(hidden)
     return configured_ptq(setup, seeds, configs, perm_batches=perm_batches, peg_kinds=permuted,
-                          settings=peg_settings(hidden), desc="PEG")
+                          settings=peg_settings(hidden), desc="PEG", memo=memo)
 
 
 # ------------------------------------------------------------------ QAT and low-bit weights
@@ -240,27 +280,37 @@ def low_bit_config(embedding_bits: int | None = None) -> dict:
 
 
 def qat_run(setup, weight_bits=8, act_bits=8, config: dict | None = None, steps: int = 100, batch_size: int = 32,
-            lr: float = 2e-5, seed: int = 0, init_batch: int = 16, progress: bool = True) -> dict:
+            lr: float = 2e-5, seed: int = 0, init_batch: int = 16, progress: bool = True, memo=None) -> dict:
     """QAT of a copy of the FP model, ranges initialised by PTQ (current min-max on one batch of
     ``init_batch`` training examples, as the authors' QAT README does) and then learned."""
     from ..methods.qat import qat_and_score
 
     if setup.zero_shot:
         raise ConfigError("QAT needs a trained head; use task_setup(..., stsb_head=True) for STS-B")
-    qm = quantize(setup.model, recipe(weight_bits, act_bits, config=config),
-                  calibration_batches(setup.calibration, setup.tokenizer, init_batch, init_batch, seed))
-    result = qat_and_score(qm.set_mode(weights=True, acts=True), setup, steps=steps, batch_size=batch_size, lr=lr,
-                           seed=seed, progress=progress)
-    return {"task": setup.task, "weight_bits": weight_bits, "act_bits": act_bits, **result, "steps": steps}
+
+    def run():
+        qm = quantize(setup.model, recipe(weight_bits, act_bits, config=config),
+                      calibration_batches(setup.calibration, setup.tokenizer, init_batch, init_batch, seed))
+        result = qat_and_score(qm.set_mode(weights=True, acts=True), setup, steps=steps, batch_size=batch_size,
+                               lr=lr, seed=seed, progress=progress)
+        return {"task": setup.task, "weight_bits": weight_bits, "act_bits": act_bits, **result, "steps": steps}
+
+    key = {"experiment": "qat", "bits": [weight_bits, act_bits], "config": config, "steps": steps,
+           "batch_size": batch_size, "lr": lr, "seed": seed, "init_batch": init_batch}
+    return _kept(memo, setup, key, run)
 
 
-def weight_ptq(setup, weight_bits: int, seeds, config: dict | None = None) -> float:
+def weight_ptq(setup, weight_bits: int, seeds, config: dict | None = None, memo=None) -> float:
     """W{bits}A32 PTQ with MSE weight ranges (median over seeds; only the weights are quantized)."""
     values = []
     for seed in seeds:
-        qm = quantize(setup.model, recipe(weight_bits, None, config=config or low_bit_config()),
-                      batches_for(setup, RangeSetting(), seed))
-        values.append(setup.score(qm.set_mode(weights=True, acts=False)))
+        def run(seed=seed):
+            qm = quantize(setup.model, recipe(weight_bits, None, config=config or low_bit_config()),
+                          batches_for(setup, RangeSetting(), seed))
+            return setup.score(qm.set_mode(weights=True, acts=False))
+
+        values.append(_kept(memo, setup, {"experiment": "weight_ptq", "bits": weight_bits, "config": config,
+                                          "seed": seed}, run))
     return statistics.median(values)
 
 
