@@ -164,3 +164,34 @@ def test_the_authors_per_batch_omse_finds_a_range_no_worse_than_a_brute_force_gr
     assert lo2 == pytest.approx(-hi2) and hi2 == pytest.approx(1.5 * float(one.compute()[1]), rel=0.05)
     with pytest.raises(ConfigError):
         PerBatchOMSE().update(x)  # unbound: names the fix
+
+
+@pytest.mark.parametrize("name", ["running_minmax", "avg_minmax", "all_minmax", ("percentile", {"p": 99.0})])
+def test_a_quantizer_saved_half_way_through_calibration_continues_after_loading(name):
+    """Estimator statistics are module state: observe A, save, load into a fresh quantizer, observe B,
+    fix — the same range as observing A and B without the stop."""
+    from safetensors.torch import load, save
+
+    grid = Grid(8, False)
+    whole, first = FakeQuantizer(grid, name), FakeQuantizer(grid, name)
+    for q in (whole, first):
+        q.observe(A)
+    blob = save({k: v.contiguous() for k, v in first.state_dict().items()})
+    assert {"estimator.lo", "estimator.hi", "estimator.n_updates"} <= set(first.state_dict())
+    fresh = FakeQuantizer(grid, name)
+    assert fresh.estimator.lo is None and int(fresh.estimator.n_updates) == 0
+    fresh.load_state_dict(load(blob))
+    assert int(fresh.estimator.n_updates) == 1
+    for q in (whole, fresh):
+        q.observe(B)
+        q.fix()
+    assert torch.equal(fresh.scale, whole.scale) and torch.equal(fresh.zero, whole.zero)
+
+
+def test_an_estimator_whose_samples_are_not_saved_says_so():
+    q = FakeQuantizer(Grid(4, False), "mse")
+    q.observe(A)
+    fresh = FakeQuantizer(Grid(4, False), "mse")
+    fresh.load_state_dict(q.state_dict())
+    with pytest.raises(OutlierBookError, match="observe the calibration batches again"):
+        fresh.fix()

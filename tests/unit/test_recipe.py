@@ -256,3 +256,25 @@ def test_the_composing_chapters_exactness_table(tiny_bert):
     assert table.loc["GM", "Δ output"] <= 1e-4 * max(1.0, scale) and table.loc["GM", "Δ tensor vs GM"] == 0
     assert table.loc["SQ, shortcut not rescaled", "Δ output"] > 1e-2 * max(1.0, scale)
     assert table.loc["SQ then GM", "Δ tensor vs GM"] <= 1e-3 < table.loc["GM then SQ", "Δ tensor vs GM"]
+
+
+class ObservesThenFails(Calibrator):
+    """Feeds every activation estimator another batch (its statistics change), then fails."""
+
+    name = "observes_then_fails"
+
+    def run(self, qm, batches):
+        for q in qm.activation_quantizers():
+            q.estimator.update(torch.full((1, 4), 1e6))
+        raise RuntimeError("late failure")
+
+
+def test_a_failing_calibrator_restores_the_estimators_statistics(tiny_bert):
+    model, batch = tiny_bert
+    qm = quantize(model, Recipe(bits="W8A8", act_estimator="running_minmax"), [batch])
+    before = {k: v.clone() for k, v in qm.state_dict().items() if ".estimator." in k}
+    assert any(k.endswith("estimator.hi") for k in before)
+    with pytest.raises(RuntimeError, match="late failure"):
+        ObservesThenFails()(qm, [batch])
+    after = {k: v for k, v in qm.state_dict().items() if ".estimator." in k}
+    assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)

@@ -20,6 +20,12 @@ quantizes anything itself; the fake quantizer does (the observer / fake-quantize
   on **every batch**, on all its values, a bounded scalar search of the range and, for an asymmetric
   grid, a nested search of its shift; the per-batch ranges averaged over batches. Slow by design: it
   is the baseline the paper's calibration timings (OS-9) compare against.
+
+Estimators are modules whose statistics are buffers (``lo``, ``hi``, ``n_updates``), like
+``torch.ao.quantization`` observers: they sit in the quantizer's ``state_dict``, so a model saved
+half-way through calibration and loaded into a fresh wrapper continues where it stopped. Sample
+pools (the MSE family, Token-Wise Clipping's recorded extremes) are not saved: up to $2^{18}$ values
+per row per node would make every saved model large; an estimator that needs them says so.
 """
 
 from __future__ import annotations
@@ -29,20 +35,36 @@ import inspect
 import math
 
 import torch
+from torch import nn
 
 from ..errors import ConfigError, OutlierBookError
 from .quantizer import Grid, fake_quantize, qparams
+from .state import adopt_unset_buffers
 
 
-class RangeEstimator:
+class RangeEstimator(nn.Module):
     name = "base"
     token_wise = False  # True: update() receives [tokens, features] instead of granularity rows
 
     def __init__(self):
+        nn.Module.__init__(self)
+        self.register_buffer("n_updates", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("lo", None)
+        self.register_buffer("hi", None)
         self.reset()
 
     def reset(self) -> None:
-        self.n_updates = 0
+        self.n_updates = torch.zeros((), dtype=torch.int64)
+        self.lo = self.hi = None
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        """Observe ``rows`` and pass them through (an estimator can sit in a module's forward)."""
+        self.update(rows)
+        return rows
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        adopt_unset_buffers(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def update(self, rows: torch.Tensor) -> None:
         raise NotImplementedError
@@ -65,10 +87,6 @@ def _minmax(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class CurrentMinMax(RangeEstimator):
     name = "current_minmax"
-
-    def reset(self):
-        super().reset()
-        self.lo = self.hi = None
 
     def update(self, rows):
         self.lo, self.hi = _minmax(rows)
@@ -171,7 +189,6 @@ class _SampledMSE(_GridBound):
 
     def reset(self):
         super().reset()
-        self.lo = self.hi = None
         self.samples: list[torch.Tensor] = []
         self.generator = torch.Generator().manual_seed(self.seed)
 
@@ -188,6 +205,9 @@ class _SampledMSE(_GridBound):
         self.n_updates += 1
 
     def _pool(self) -> torch.Tensor:
+        if not self.samples:
+            raise OutlierBookError(f"the {self.name} range estimator's sample pool is not part of a saved state; "
+                                   "observe the calibration batches again after loading")
         pooled = torch.cat(self.samples, dim=1)
         if pooled.shape[1] > self.max_samples:
             idx = torch.randint(0, pooled.shape[1], (self.max_samples,), generator=self.generator)
@@ -316,6 +336,9 @@ class TokenExtremes(CurrentMinMax):
     def token_wise_clip(self, p: float) -> "TokenWiseClip":
         """A ``TokenWiseClip(p)`` fed the recorded batches: the same state as calibrating it directly."""
         self._require_data()
+        if not self.batches:
+            raise OutlierBookError("the recorded token extremes are not part of a saved state; observe the "
+                                   "calibration batches again after loading")
         est = TokenWiseClip(p)
         for maxima, minima in self.batches:
             est.update_extremes(maxima, minima)
@@ -342,7 +365,6 @@ class PerBatchOMSE(_GridBound):
 
     def reset(self):
         super().reset()
-        self.lo = self.hi = None
         self.one_sided: str | None = None
 
     def _mse(self, x: torch.Tensor, lo: float, hi: float) -> float:

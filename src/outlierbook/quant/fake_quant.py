@@ -20,6 +20,7 @@ from ..errors import ConfigError, OutlierBookError
 from .estimators import RangeEstimator, make_estimator
 from .granularity import Granularity
 from .quantizer import Grid, fake_quantize, qparams, round_ste
+from .state import adopt_unset_buffers
 
 
 class NaNActivationError(OutlierBookError, ValueError):
@@ -79,10 +80,7 @@ class FakeQuantizer(nn.Module):
                               error_msgs):
         """A calibrated state loads into an uncalibrated quantizer: ranges and a permutation not set yet
         (``None`` buffers, which ``nn.Module`` would skip) are taken from the state."""
-        for key in ("scale", "zero", "permutation"):
-            value = state_dict.get(prefix + key)
-            if value is not None and getattr(self, key) is None:
-                self._buffers[key] = value.detach().clone()
+        adopt_unset_buffers(self, state_dict, prefix)
         if state_dict.get(prefix + "permutation") is not None:
             from dataclasses import replace
 

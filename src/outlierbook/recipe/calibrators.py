@@ -2,8 +2,8 @@ r"""Calibrators: steps that set the ranges (or range parameters) of a wrapped mo
 
 Each is a named object with ``check(...)`` (run by :meth:`Recipe.validate`, before any compute) and
 ``run(qm, batches) -> dict`` (details worth recording). Calling a calibrator runs it inside
-:func:`preserved`: if it raises, every quantizer's range, estimator, granularity, learnable
-parameters and switches, and the model's mode, are put back as they were.
+:func:`preserved`: if it raises, every quantizer's range, estimator (and its statistics), granularity,
+learnable parameters and switches, and the model's mode, are put back as they were.
 
 Stages, in the order a recipe runs them: **before** the ranges (PEG's range-based permutation),
 **the ranges** (one :class:`Ranges`: observe the FP model, fix each node's range), **after** the ranges
@@ -30,16 +30,19 @@ def _quantizers(qm):
 @contextlib.contextmanager
 def preserved(qm):
     """Restore every quantizer's state and the model's mode if the body raises."""
+    def buffers_of(module):
+        return {} if module is None else {k: (None if v is None else v.detach().clone())
+                                          for k, v in module._buffers.items()}
+
     saved = []
     for q in _quantizers(qm):
-        saved.append((q, {k: getattr(q, k) for k in _STATE},
-                      {k: (None if v is None else v.detach().clone()) for k, v in q._buffers.items()},
+        saved.append((q, {k: getattr(q, k) for k in _STATE}, buffers_of(q), buffers_of(q.estimator),
                       dict(q._parameters)))
     mode, training = qm.mode, qm.training
     try:
         yield
     except BaseException:
-        for q, attrs, buffers, params in saved:
+        for q, attrs, buffers, estimator_buffers, params in saved:
             for k, v in attrs.items():
                 setattr(q, k, v)
             for k in list(q._parameters):
@@ -48,6 +51,8 @@ def preserved(qm):
             q._parameters.update(params)
             for k, v in buffers.items():
                 q._buffers[k] = v
+            for k, v in estimator_buffers.items():  # the statistics of the estimator put back
+                q.estimator._buffers[k] = v
         qm.set_mode(*mode)
         qm.train(training)
         raise
