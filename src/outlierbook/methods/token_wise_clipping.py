@@ -24,6 +24,7 @@ import math
 import torch
 
 from ..errors import ConfigError
+from ..models.training import run_steps
 from ..quant.estimators import TokenExtremes
 from ..quant.nodes import QuantizedModel
 
@@ -121,25 +122,25 @@ def learn_scales(qm: QuantizedModel, batches, lr: float = 1e-5, epochs: int = 3)
     for q in quantizers:
         if not q.learnable:
             q.make_learnable(zero_point=True, grad_scaling=True)
+    from accelerate import Accelerator
+
     params = [p for q in quantizers for p in q.range_parameters()]
     optimizer = torch.optim.Adam(params, lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(batches), eta_min=0.0)
     qm.set_mode(weights=False, acts=True)
-    losses = []
-    for _ in range(epochs):
-        for batch, ref in zip(batches, fp_outputs):
-            out = _output(qm(**batch))
-            if out.dim() == 3:
-                mask = batch["attention_mask"].bool()
-                out, ref_b = out[mask], ref[mask]
-            else:
-                ref_b = ref
-            loss = torch.nn.functional.mse_loss(out, ref_b)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
+
+    def output_mse(model, pair) -> torch.Tensor:
+        """MSE between the quantized and the FP outputs (real tokens only for token outputs)."""
+        batch, ref = pair
+        out = _output(model(**batch))
+        if out.dim() == 3:
+            mask = batch["attention_mask"].bool()
+            out, ref = out[mask], ref[mask]
+        return torch.nn.functional.mse_loss(out, ref)
+
+    steps = enumerate(pair for _ in range(epochs) for pair in zip(batches, fp_outputs))
+    losses = run_steps(qm, steps, output_mse, optimizer, scheduler, Accelerator(), desc="TWC fine stage",
+                       clip=None, total=epochs * len(batches))
     qm.set_mode(*mode)
     qm.train(was_training)
     return losses

@@ -30,13 +30,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from ..atomic import recover, replace_folder, write_synced
 from ..errors import ConfigError
-from ..nbsetup import progress_enabled
 from ..paths import cache_dir
 from .attention_variants import AttentionVariant, install, set_gamma_scale
+from .training import hf_loss, run_steps
 
 
 @dataclass(frozen=True)
@@ -208,28 +207,27 @@ def pretrain(cfg: PretrainConfig, tokenizer, blocks: torch.Tensor, track=None, p
                          "torch_rng": torch.get_rng_state()}, history)
 
     model.train()
-    bar = tqdm(range(start, cfg.steps), desc=f"pre-train {cfg.key()}", initial=start, total=cfg.steps,
-               disable=not (progress and progress_enabled()))
     ramp_steps = int(cfg.gamma_ramp * cfg.steps) if cfg.variant.softmax == "clipped" else 0
-    for step in bar:
-        if ramp_steps:
-            set_gamma_scale(model, min(1.0, step / ramp_steps))
-        mask_gen.manual_seed(cfg.seed + 1 + step)  # masking depends on the step only: resumable
-        idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-        loss = model(**make_batch(blocks, idx, cfg, tokenizer, mask_gen)).loss
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-        history["loss"].append(float(loss.detach()))
+
+    def batches():
+        for step in range(start, cfg.steps):
+            if ramp_steps:
+                set_gamma_scale(model, min(1.0, step / ramp_steps))
+            mask_gen.manual_seed(cfg.seed + 1 + step)  # masking depends on the step only: resumable
+            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            yield step, make_batch(blocks, idx, cfg, tokenizer, mask_gen)
+
+    def after_step(step: int, loss: float) -> None:
+        history["loss"].append(loss)
         if track is not None and ((step + 1) % cfg.track_every == 0 or step + 1 == cfg.steps):
             model.eval()
             history["track"].append({"step": step + 1, **track(accelerator.unwrap_model(model))})
             model.train()
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             checkpoint(step + 1)
-        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
+
+    run_steps(model, batches(), hf_loss, optimizer, scheduler, accelerator, desc=f"pre-train {cfg.key()}",
+              progress=progress, initial=start, total=cfg.steps, after_step=after_step)
     if ramp_steps:
         set_gamma_scale(model, 1.0)
     return accelerator.unwrap_model(model).eval(), history

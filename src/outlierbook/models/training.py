@@ -1,8 +1,13 @@
-"""The one training loop of the book (fine-tuning, quantization-aware training), on Accelerate.
+r"""The one training loop of the book, on Accelerate.
 
-AdamW, linear warm-up then linear decay to zero, gradient clipping at 1.0, one loss per batch from
-the Hugging Face model's own head. ``Accelerator`` makes the same loop run on one CPU here and on
-several GPUs (``accelerate launch``) unchanged.
+:func:`run_steps` is the loop itself: for each batch, $\ell = $ ``loss_of(model, batch)``, backward,
+clip the gradient norm, one optimiser and one scheduler step. Every trainer in the book goes through
+it: fine-tuning and quantization-aware training (:func:`train_loop`: AdamW, linear warm-up then linear
+decay to zero, clipping at 1.0, the Hugging Face head's own loss), pre-training
+(:mod:`outlierbook.models.pretrain`: the same, plus checkpoints and resumption) and Token-Wise
+Clipping's fine stage (:mod:`outlierbook.methods.token_wise_clipping`: Adam on the ranges only,
+cosine decay, the MSE to the FP model's outputs, no clipping). ``Accelerator`` makes the same loop
+run on one CPU here and on several GPUs (``accelerate launch``) unchanged.
 """
 
 from __future__ import annotations
@@ -73,18 +78,45 @@ def train_loop(model, loader, groups: list[dict], lr: float, steps: int, warmup:
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup * total), total)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     model.train()
+    after = None if after_step is None else (lambda step, loss: after_step(step + 1, accelerator.unwrap_model(model)))
+    losses = run_steps(model, enumerate(loader), hf_loss, optimizer, scheduler, accelerator, desc=desc,
+                       progress=progress, total=len(loader), after_step=after)
+    return accelerator.unwrap_model(model).eval(), losses
+
+
+def hf_loss(model, batch) -> torch.Tensor:
+    """The loss a Hugging Face model computes itself from ``labels`` in the batch."""
+    return model(**batch).loss
+
+
+def run_steps(model, steps, loss_of, optimizer, scheduler, accelerator, desc: str, progress: bool = True,
+              clip: float | None = 1.0, initial: int = 0, total: int | None = None, before_step=None,
+              after_step=None) -> list[float]:
+    """The loop every trainer shares; returns this call's per-step losses.
+
+    ``steps`` yields ``(step, batch)``; for each: ``before_step(step)``, $\ell$ = ``loss_of(model, batch)``,
+    backward, gradient norm clipped at ``clip`` (``None``: not clipped), optimiser step, scheduler step,
+    gradients cleared, then ``after_step(step, loss)``. Gradients are also cleared before the first step,
+    so parameters that were trained before start clean. ``model``, ``optimizer`` and ``scheduler`` are
+    the ones ``accelerator`` prepared; ``initial``/``total`` only position the progress bar (resumed runs).
+    """
     losses: list[float] = []
-    bar = tqdm(loader, desc=desc, disable=not (progress and progress_enabled() and accelerator.is_local_main_process))
-    for batch in bar:
-        loss = model(**batch).loss
+    optimizer.zero_grad()
+    shown = progress and progress_enabled() and accelerator.is_local_main_process
+    bar = tqdm(steps, desc=desc, initial=initial, total=total, disable=not shown)
+    for step, batch in bar:
+        if before_step is not None:
+            before_step(step)
+        loss = loss_of(model, batch)
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        if clip is not None:
+            accelerator.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
         losses.append(float(loss.detach()))
         if after_step is not None:
-            after_step(len(losses), accelerator.unwrap_model(model))
+            after_step(step, losses[-1])
         if len(losses) % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-    return accelerator.unwrap_model(model).eval(), losses
+    return losses
