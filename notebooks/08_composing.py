@@ -46,6 +46,9 @@ from outlierbook.nbsetup import setup_notebook
 
 settings = setup_notebook(seed=seed)
 
+import tempfile
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import pandas as pd
 
@@ -55,7 +58,8 @@ from outlierbook.memo import Memo
 from outlierbook.methods.peg import peg_config
 from outlierbook.models.tasks import task_setup
 from outlierbook.quant.calibrate import calibration_batches
-from outlierbook.recipe import GammaMigration, PegPermutation, Ranges, Recipe, SmoothQuant, TokenWiseClipping, quantize
+from outlierbook.recipe import (GammaMigration, PegPermutation, Ranges, Recipe, SmoothQuant, TokenWiseClipping,
+                                 load_quantized, quantize, save_quantized)
 from outlierbook.results import Recorder, dumps
 
 rec = Recorder("08_composing", profile, params=dict(model=model, tasks=tasks, eval_limit=eval_limit, n_calib=n_calib,
@@ -101,6 +105,35 @@ rec.update({"check/conflict_refused_at_validation": refused is not None})
 # %% tags=["nbval-check-output"]
 print("refused:", refused)
 print("accepted:", composed.label)
+
+# %% [markdown]
+# ## A calibrated model is a file
+#
+# Everything calibration sets is module state, as in `torch.ao.quantization`: each quantizer's scale,
+# zero point, PEG permutation and on/off switches, and each range estimator's statistics (its running
+# minimum and maximum, how many batches it has seen) are buffers. So `save_quantized` writes the
+# calibrated model's `state_dict` as safetensors, and `load_quantized` rebuilds it from the FP model and
+# the same recipe — it refuses another recipe — and the loaded model computes exactly what the saved one
+# did. Here with Gamma Migration and PEG's permuted groups, whose permutation travels in the file.
+
+# %%
+k0 = cx.group_counts(width, (6,))[0]
+peg_recipe = cx.recipes("W6A6", width, twc_max_candidates)[f"GM + PEG (K={k0}+P)"]
+calibrated = quantize(s0.model, peg_recipe, batches_for(s0, 0))
+with tempfile.TemporaryDirectory() as folder:
+    path = save_quantized(calibrated, Path(folder) / "gm_peg_w6a6.safetensors")
+    reloaded = load_quantized(s0.model, peg_recipe, path)
+    try:
+        load_quantized(s0.model, cx.recipes("W6A6", width)["MinMax"], path)
+        wrong_recipe = None
+    except ConfigError as err:
+        wrong_recipe = str(err).replace(folder, "<folder>")
+same_score = s0.score(reloaded) == s0.score(calibrated)
+rec.update({"check/saved_model_scores_the_same": same_score})
+
+# %% tags=["nbval-check-output"]
+print(dumps({"recipe": peg_recipe.label, "same score after loading": same_score}))
+print("another recipe:", wrong_recipe)
 
 # %% [markdown]
 # ## Which transforms commute

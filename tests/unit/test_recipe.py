@@ -278,3 +278,31 @@ def test_a_failing_calibrator_restores_the_estimators_statistics(tiny_bert):
         ObservesThenFails()(qm, [batch])
     after = {k: v for k, v in qm.state_dict().items() if ".estimator." in k}
     assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)
+
+
+@torch.no_grad()
+def test_save_and_load_a_quantized_model_through_the_front_door(tiny_bert, tmp_path):
+    """save_quantized / load_quantized: learned LSQ+ and PACT ranges and a migrated, grouped model come back
+    computing the same outputs; the wrong recipe or a missing file is refused in one line."""
+    from outlierbook.recipe import load_quantized, save_quantized
+
+    model, batch = tiny_bert
+    before = _state(model)
+    recipe = compose("gm", "peg", bits="W6A6")
+    qm = quantize(model, recipe, [batch])
+    acts = qm.activation_quantizers()
+    plain = [q for q in acts if q.granularity.axis is None]
+    plain[0].make_pact()
+    for q in plain[1:3] + qm.weight_quantizers()[:2]:
+        q.make_learnable()
+        q.scale_param.mul_(1.1)  # as if QAT had moved them
+    out = qm(**batch).logits
+    path = save_quantized(qm, tmp_path / "q" / "model.safetensors")
+    back = load_quantized(model, recipe, path)
+    assert torch.equal(back(**batch).logits, out) and back.mode == qm.mode
+    assert back.node(plain[0].name).quantizer.pact and back.node(plain[1].name).quantizer.learnable
+    assert _untouched(model, before) and not any(p.name.startswith(".") for p in path.parent.iterdir())
+    with pytest.raises(ConfigError, match="saved with recipe"):
+        load_quantized(model, Recipe(bits="W8A8"), path)
+    with pytest.raises(ConfigError, match="no saved quantized model"):
+        load_quantized(model, recipe, tmp_path / "missing.safetensors")

@@ -410,8 +410,14 @@ class QuantizedModel(nn.Module):
             q.quantizing = weights
         for q in self.activation_quantizers():
             q.quantizing = acts
-        self.mode = (weights, acts)
         return self
+
+    @property
+    def mode(self) -> tuple[bool, bool]:
+        """``(weights, acts)``: whether any weight / activation quantizer quantizes. Read from the
+        quantizers' ``switches`` buffers, so it is right after ``load_state_dict`` too."""
+        return (any(q.quantizing for q in self.weight_quantizers()),
+                any(q.quantizing for q in self.activation_quantizers()))
 
     @property
     def config(self):
