@@ -58,7 +58,7 @@ from outlierbook.data.glue import TaskData
 from outlierbook.models import load
 from outlierbook.models.anatomy import anatomy
 from outlierbook.models.tasks import encode, subsample, task_setup
-from outlierbook.headline import headline_metric
+from outlierbook.headline import figure_data, figure_metrics, headline_metric
 from outlierbook.results import Recorder, dumps, full_profile_verdicts, stored_full_run
 
 rec = Recorder("03_anatomy_of_outliers", profile, params=dict(model=model, n_sentences=n_sentences, eval_limit=eval_limit,
@@ -114,17 +114,28 @@ compare.styled(compare.compare(compare.load_paper("quantizable", "Figure 1"), ou
                "ch03_fig1", digits=1, caption=shown.caption(
                    "Outliers on [SEP] . , — Bondarenko et al. 2023 (BERT-base) vs ours (MiniLM, last two layers)"))
 
+# %% [markdown]
+# Where the outliers sit, summed over all layers. In a quick build that has a stored full run, this
+# figure and the γ figure below draw the full run's data (512 sentences); the tables printed above stay
+# this build's smoke test.
+
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.2))
 total = torch.stack(list(per_dim_all.values())).sum(0)
-axes[0].bar(np.arange(d), total.numpy(), width=1.0)
-axes[0].set(xlabel="hidden dimension", ylabel="outliers (all layers)", title="outliers per hidden dimension")
 per_position = torch.zeros(max(lengths))
 for i in range(n_layers):
     _, per_tok = ol.outlier_counts(acts[f"layer{i}.ffn.output"])
     for seq in torch.split(per_tok, lengths):
         per_position[: len(seq)] += seq
-axes[1].bar(np.arange(len(per_position)), per_position.numpy(), width=1.0, color="C1")
+by_dim = pd.DataFrame({"outliers": total.float().numpy()}, index=pd.RangeIndex(d, name="dimension"))
+by_position = pd.DataFrame({"outliers": per_position.numpy()}, index=pd.RangeIndex(len(per_position), name="position"))
+rec.update({**figure_metrics("fig_outliers_per_dim", by_dim), **figure_metrics("fig_outliers_per_position", by_position)})
+dims_shown = figure_data("03_anatomy_of_outliers", profile, "fig_outliers_per_dim", by_dim)
+positions_shown = figure_data("03_anatomy_of_outliers", profile, "fig_outliers_per_position", by_position)
+fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.2))
+fig.suptitle(dims_shown.source, fontsize=8)
+axes[0].bar(dims_shown.table.index, dims_shown.table["outliers"], width=1.0)
+axes[0].set(xlabel="hidden dimension", ylabel="outliers (all layers)", title="outliers per hidden dimension")
+axes[1].bar(positions_shown.table.index, positions_shown.table["outliers"], width=1.0, color="C1")
 axes[1].set(xlabel="token position", ylabel="outliers (all layers)", title="outliers per token position")
 fig.tight_layout()
 plt.show()
@@ -192,11 +203,18 @@ print(gamma_table.round(2).to_string(index=False))
 
 # %%
 layer_shown = int(gamma_table["top-10 overlap |γ| vs max|X̃|"].idxmax())
+curves = pd.DataFrame(dict(zip(("gamma", "x_tilde", "x_prime"), (c.numpy() for c in gamma_curves[layer_shown]))),
+                      index=pd.RangeIndex(d, name="dimension"))
+rec.update({**figure_metrics("fig_gamma", curves), "fig_gamma_layer": layer_shown})
+curves_shown = figure_data("03_anatomy_of_outliers", profile, "fig_gamma", curves)
+if curves_shown.from_stored_run:
+    layer_shown = int(stored_full_run("03_anatomy_of_outliers")["metrics"]["fig_gamma_layer"])
 fig, axes = plt.subplots(3, 1, figsize=(8.6, 5), sharex=True)
-for ax, values, label in zip(axes, gamma_curves[layer_shown], ["|γ|", "max |X̃| (LN output)", "max |X'| (non-scaling)"]):
-    ax.bar(np.arange(d), values.numpy(), width=1.0)
+for ax, column, label in zip(axes, curves.columns, ["|γ|", "max |X̃| (LN output)", "max |X'| (non-scaling)"]):
+    ax.bar(curves_shown.table.index, curves_shown.table[column], width=1.0)
     ax.set_ylabel(label, fontsize=8)
-axes[0].set_title(f"MHA-LN of layer {layer_shown}: the same dimensions stand out in γ and in the output")
+axes[0].set_title(f"MHA-LN of layer {layer_shown}: the same dimensions stand out in γ and in the output "
+                  f"({curves_shown.source})", fontsize=9)
 axes[-1].set_xlabel("hidden dimension")
 fig.tight_layout()
 plt.show()

@@ -90,6 +90,24 @@ def headline_table(chapter: str, profile: str, prefix: str, current: pd.DataFram
     return Headline(table, "full", provenance(stored))
 
 
+def figure_data(chapter: str, profile: str, prefix: str, current: pd.DataFrame, root=None) -> Headline:
+    """The data a figure draws, indexed by numbers (hidden dimension, token position, clip value):
+    like :func:`headline_table` (stored as ``prefix/<index>/<column>`` metrics), with the stored run's
+    index turned back into numbers and sorted. ``Headline.source`` names the run for the figure's title."""
+    shown = headline_table(chapter, profile, prefix, current.rename(index=str), root=root)
+    if not shown.from_stored_run:
+        return Headline(current, shown.profile, shown.source)
+    table = shown.table.copy()
+    numbers = pd.to_numeric(table.index)
+    table.index = pd.Index(numbers, name=current.index.name)
+    return Headline(table.sort_index()[list(current.columns)], shown.profile, shown.source)
+
+
+def figure_metrics(prefix: str, frame: pd.DataFrame) -> dict:
+    """The ``prefix/<index>/<column>`` metrics that :func:`figure_data` reads back."""
+    return {f"{prefix}/{i}/{c}": float(v) for i, row in frame.iterrows() for c, v in row.items()}
+
+
 def headline_metric(chapter: str, profile: str, name: str, current: float, root=None) -> tuple[float, Headline]:
     """One number a chapter shows as its result: the stored full run's ``metrics.json[name]`` in a quick
     build that has it, else ``current``; returned with a one-cell :class:`Headline` naming its source."""

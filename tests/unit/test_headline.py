@@ -96,3 +96,18 @@ def test_chapter_7_reads_ours_against_the_papers_ranges():
     assert side.loc["relative energy against an FP16 baseline (GPTQ LLMs)", "paper"] == "lowest reported 0.71"
     assert side.loc["share of FP pre-nonlinearity computation avoided (PTQ4ViT)", "stsb"] == 0.73
     assert side["sst2"].isna().sum() == 4  # a task the run did not store is shown as missing, not invented
+
+
+def test_figure_data_come_back_from_the_stored_run_with_numeric_index(tmp_path):
+    """A figure over hidden dimensions draws the full run's (384-wide, here 12) data in a quick build."""
+    from outlierbook.headline import figure_data, figure_metrics
+
+    full = pd.DataFrame({"outliers": [float(i % 5) for i in range(12)]}, index=pd.RangeIndex(12, name="dimension"))
+    stored_run(tmp_path, "03_x", figure_metrics("fig_dims", full))
+    quick = pd.DataFrame({"outliers": [1.0, 0.0, 2.0]}, index=pd.RangeIndex(3, name="dimension"))
+    shown = figure_data("03_x", "quick", "fig_dims", quick, root=tmp_path)
+    assert shown.from_stored_run and shown.profile == "full"
+    assert list(shown.table.index) == list(range(12)) and shown.table.index.name == "dimension"
+    assert shown.table["outliers"].tolist() == full["outliers"].tolist()
+    own = figure_data("03_y", "quick", "fig_dims", quick, root=tmp_path)
+    assert not own.from_stored_run and own.table.equals(quick)
