@@ -134,7 +134,8 @@ wide = sweep.pivot(index="setting", columns="task", values="value")[tasks].loc[o
 spread = sweep.pivot(index="setting", columns="task", values="std")[tasks].loc[order]
 wide["average"] = wide.mean(axis=1)
 rec.update({f"sweep/{setting}/{t}": v for setting, row in wide.iterrows() for t, v in row.items()})
-rec.update({f"sweep_std/{setting}/{t}": v for setting, row in spread.iterrows() for t, v in row.items()})
+rec.update({f"sweep_std/{setting}/{t}": v for setting, row in spread.iterrows() for t, v in row.items()
+            if pd.notna(v)})  # one seed (or FP32) has no spread
 
 # %% [markdown]
 # Each cell is the mean over the calibration subsets ± their standard deviation (a single subset,

@@ -353,7 +353,7 @@ side.style.set_uuid("ch04_table6").format("{:.2f}", na_rep="—").set_caption(re
 # %% tags=["nbval-check-output"]
 seed_spread = pd.DataFrame({name: frame.groupby("task", sort=False)["std"].max()
                             for name, frame in {"Table 2": loo, "Table 4": mp, "Table 5": peg}.items()}).T
-rec.update({f"seed_std_max/{k}/{t}": v for k, row in seed_spread.iterrows() for t, v in row.items()})
+rec.update({f"seed_std_max/{k}/{t}": v for k, row in seed_spread.iterrows() for t, v in row.items() if pd.notna(v)})
 print(f"{len(seeds)} calibration seed(s); largest std over seeds (points):")
 print(seed_spread.round(2).to_string())
 
