@@ -74,6 +74,7 @@ from outlierbook.models.tasks import task_setup
 from outlierbook.quant.calibrate import calibration_batches
 from outlierbook.recipe import quantize
 from outlierbook.headline import headline_table, run_label
+from outlierbook.memo import Memo
 from outlierbook.results import Recorder, dumps, full_profile_verdicts
 
 rec = Recorder("05_outlier_suppression", profile, params=dict(
