@@ -213,8 +213,8 @@ fig, axes = plt.subplots(3, 1, figsize=(8.6, 5), sharex=True)
 for ax, column, label in zip(axes, curves.columns, ["|γ|", "max |X̃| (LN output)", "max |X'| (non-scaling)"]):
     ax.bar(curves_shown.table.index, curves_shown.table[column], width=1.0)
     ax.set_ylabel(label, fontsize=8)
-axes[0].set_title(f"MHA-LN of layer {layer_shown}: the same dimensions stand out in γ and in the output "
-                  f"({curves_shown.source})", fontsize=9)
+axes[0].set_title(f"MHA-LN of layer {layer_shown}: the same dimensions stand out in γ and in the output\n"
+                  f"{curves_shown.source}", fontsize=9)
 axes[-1].set_xlabel("hidden dimension")
 fig.tight_layout()
 plt.show()
