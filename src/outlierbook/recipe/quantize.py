@@ -26,6 +26,18 @@ def transformed(model, recipe: Recipe, batches=None):
     return model
 
 
+def wrapped(model, recipe: Recipe, batches=(), copy_model: bool = True):
+    """The recipe's (uncalibrated) nodes on the transformed FP model — a copy unless ``copy_model=False``
+    and the recipe has no transforms. The one place a recipe's model is built: :func:`quantize` calibrates
+    it, :func:`~outlierbook.recipe.saved.load_quantized` loads a saved state into it."""
+    target = transformed(model, recipe, batches)
+    if target is model and copy_model:
+        target = copy.deepcopy(model)
+    qm = recipe.wrap(target)
+    qm.recipe, qm.info = recipe, {}
+    return qm
+
+
 def quantize(model, recipe: Recipe, batches=(), calibration: dict | None = None, copy_model: bool = True):
     """Validate, transform, wrap and calibrate; see the module docstring.
 
@@ -45,17 +57,13 @@ def quantize(model, recipe: Recipe, batches=(), calibration: dict | None = None,
     if not batches and (recipe.bits.acts is not None or any(t.needs_batches for t in recipe.transforms)):
         raise ConfigError("quantizing activations (or a transform that measures the model) needs calibration "
                           "batches from the training split")
-    target = transformed(model, recipe, batches)
-    if target is model and copy_model:
-        target = copy.deepcopy(model)
-    qm = recipe.wrap(target)
-    qm.recipe, qm.info = recipe, {}
+    qm = wrapped(model, recipe, batches, copy_model)
     t0 = time.perf_counter()
     try:
         for c in recipe.calibrators:
             qm.info[c.name] = c(qm, calibration.get(c.name, batches))
     except BaseException:
-        if target is model:
+        if qm.model is model:  # wrapped in place (copy_model=False): give the caller its model back
             qm.remove()
         raise
     qm.info["seconds"] = time.perf_counter() - t0

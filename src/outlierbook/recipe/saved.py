@@ -11,14 +11,13 @@ model is never edited; the file is written atomically.
 
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
 from ..quant.fake_quant import FakeQuantizer
-from .quantize import transformed
+from .quantize import wrapped
 from .recipe import Recipe
 
 
@@ -63,10 +62,7 @@ def load_quantized(model, recipe: Recipe, path, batches=()):
     if any(t.needs_batches for t in recipe.transforms) and not batches:
         raise ConfigError("this recipe's transforms measure the model: pass the calibration batches to load it")
     state = load_file(str(path))
-    target = transformed(model, recipe, batches)
-    if target is model:
-        target = copy.deepcopy(model)
-    qm = recipe.wrap(target)
+    qm = wrapped(model, recipe, batches)
     for name, q in qm.named_modules():
         prefix = name + "."
         if not isinstance(q, FakeQuantizer):
@@ -83,5 +79,5 @@ def load_quantized(model, recipe: Recipe, path, batches=()):
         first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
         raise ConfigError(f"{path.name} does not fit this model and recipe ({first}); load it with the FP "
                           "model and recipe that made it") from None
-    qm.recipe, qm.info = recipe, {"loaded_from": path.name}
+    qm.info = {"loaded_from": path.name}
     return qm
