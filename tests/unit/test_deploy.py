@@ -14,7 +14,7 @@ from outlierbook import deploy
 from outlierbook.errors import ConfigError, OutlierBookError
 from outlierbook.methods.peg import peg_config
 from outlierbook.quant.fake_quant import FakeQuantizer
-from outlierbook.recipe import Ranges, Recipe, quantize
+from outlierbook.recipe import PegPermutation, Ranges, Recipe, quantize
 
 SMALL = dict(vocab_size=512, hidden_size=48, num_hidden_layers=2, num_attention_heads=2, intermediate_size=96,
              max_position_embeddings=40, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -161,9 +161,90 @@ def test_fold_weights_is_quantize_linear():
                                               np.array(0, np.int8)).tolist() == [127]  # saturates
 
 
+PEG_KINDS = ("attention.ln", "ffn.ln")
+
+
+@pytest.fixture(scope="module")
+def peg_exported(tmp_path_factory):
+    """PEG with K = 6 groups and the range-based permutation on both LayerNorm outputs, W8A8."""
+    recipe = Recipe(bits="W8A8", placement="os", overrides=peg_config(6, PEG_KINDS),
+                    calibrators=(PegPermutation(PEG_KINDS), Ranges()))
+    qm = quantize(_encoder(), recipe, [_batch(0), _batch(1)])
+    return qm, deploy.export(qm, _batch(0), tmp_path_factory.mktemp("onnx") / "peg.onnx")
+
+
+def test_peg_runs_as_one_integer_product_per_group(peg_exported):
+    """Every Linear that reads a per-group node becomes K integer products: layer 0's FFN input (K) and, in
+    layer 1, the query, key and value (3K, reading layer 0's FFN-LN) and the FFN input (K); the other products
+    stay one kernel each. Nothing runs as a float product."""
+    qm, path = peg_exported
+    kernels = deploy.integer_kernels(path)
+    k = 6  # per layer: q, k, v; attention output; FFN in; FFN out; the two attention products
+    expected = (3 + 1 + k + 1 + 2) + (3 * k + 1 + k + 1 + 2)
+    assert sum(kernels[op] for op in deploy.onnx_export.INTEGER_OPS) == expected
+    assert kernels["MatMul"] == 0 and kernels.get("Gemm", 0) == 0
+
+
+def test_peg_integer_model_is_the_simulated_one(peg_exported):
+    qm, path = peg_exported
+    batch = _batch(3)
+    out, ref = deploy.run(deploy.session(path), batch), _simulated(qm, batch)
+    step = float(qm.node("layer1.ffn.ln").quantizer.scale.max())
+    steps = np.abs(out - ref) / step
+    assert steps.max() <= 1 + 1e-3 and (steps < 1e-3).mean() >= 0.99
+    from outlierbook.deploy.agreement import node_agreement
+
+    table = node_agreement(qm, path, _batch(5))
+    assert table.loc["layer0.attention.ln", "max steps"] == 0 and table["max steps"].max() <= 1
+
+
+def test_peg_groups_carry_the_recipes_own_scales(peg_exported):
+    """Each per-group node is a per-channel pair whose channel c carries its group's (s, z), permutation
+    included, and each of its groups is quantized again per tensor with exactly that (s, z)."""
+    qm, path = peg_exported
+    graph = onnx.load(str(path)).graph
+    consts = deploy.onnx_export._constants(graph)
+    per_channel = [(consts[n.input[1]], consts[n.input[2]]) for n in graph.node
+                   if n.op_type == "QuantizeLinear" and consts[n.input[1]].size > 1]
+    per_tensor = {(float(consts[n.input[1]]), int(consts[n.input[2]])) for n in graph.node
+                  if n.op_type == "QuantizeLinear" and consts[n.input[1]].size == 1}
+    grouped = [n for n in qm.act_nodes.values() if n.kind in PEG_KINDS]
+    assert len(per_channel) == len(grouped) == 4
+    x = torch.empty(1, 48)
+    for node in grouped:
+        q = node.quantizer
+        assert q.granularity.permutation is not None
+        want_s = q.granularity.expand(q.scale.reshape(-1), x).reshape(-1).numpy()
+        want_z = q.granularity.expand(q.zero.reshape(-1), x).reshape(-1).numpy()
+        assert any(np.array_equal(s, want_s) and np.array_equal(z.astype(np.float32), want_z) for s, z in per_channel)
+        if node.name != "layer1.ffn.ln":  # the last one feeds no Linear (no pooler here)
+            groups = {(float(np.float32(s)), int(z)) for s, z in zip(q.scale.reshape(-1), q.zero.reshape(-1))}
+            assert groups <= per_tensor, node.name
+
+
+def test_the_grouped_linear_is_the_grouped_quantizer_followed_by_the_linear():
+    from outlierbook.deploy.grouped import GroupedLinear
+    from outlierbook.methods.peg import grouped_linear_forward
+    from outlierbook.quant.granularity import Granularity
+    from outlierbook.quant.quantizer import Grid
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(48, 24)
+    x = torch.randn(3, 5, 48) * torch.linspace(0.1, 8, 48)[torch.randperm(48)]
+    act = FakeQuantizer(Grid(8), granularity=Granularity(axis=-1, groups=6, permutation=torch.randperm(48)))
+    act.observe(x.reshape(-1, 48))
+    act.fix()
+    act.quantizing = True
+    assert act.scale.numel() == 6
+    with torch.no_grad():
+        want = linear(act(x))
+        assert torch.allclose(GroupedLinear(linear.weight, linear.bias, None, act)(act(x)), want, atol=1e-5)
+        assert torch.allclose(grouped_linear_forward(linear, x, act), want, atol=1e-5)
+
+
 @pytest.mark.parametrize("recipe, message", [
     (Recipe(bits="W6A6", placement="os"), "6-bit; integer kernels take 8-bit"),
-    (Recipe(bits="W8A8", placement="os", overrides=peg_config(6, ("attention.ln", "ffn.ln"))), "per-group"),
+    (Recipe(bits="W8A8", placement="os", overrides={"weight:*": {"axis": 1, "groups": 4}}), "weight.*per-group"),
 ])
 def test_what_integer_kernels_cannot_run_is_refused_in_one_line(recipe, message, tmp_path):
     qm = quantize(_encoder(), recipe, [_batch(0)])

@@ -116,20 +116,20 @@ def inputs_of(tokenizer, batch: int, seq: int) -> dict:
 
 
 def build(folder, threads: int, n_calib: int = 64):
-    """Every variant of the embedded encoder for ``threads`` intra-op threads (book recipes: MinMax, GM)."""
+    """Every variant of the embedded encoder for ``threads`` intra-op threads, with the book's exported recipes
+    (MinMax, GM, GM + TWC, PEG)."""
     from ..deploy.runtime import baselines, recipe_variant
+    from ..experiments.int8 import recipes
     from ..models.tasks import task_setup
     from ..quant.calibrate import calibration_batches
-    from ..recipe import GammaMigration, Recipe, quantize
+    from ..recipe import quantize
 
     torch.set_num_threads(threads)
     setup = task_setup("stsb", "quick")
     batches = calibration_batches(setup.calibration, setup.tokenizer, n=n_calib, batch_size=32, seed=0)
     variants = baselines(setup.model, batches, folder, threads)
-    for name, transforms in (("book MinMax", ()), ("book GM", (GammaMigration(),))):
-        qm = quantize(setup.model, Recipe(bits="W8A8", placement="os", act_estimator="avg_minmax",
-                                          transforms=transforms), batches)
-        variants[name] = recipe_variant(qm, batches[0], folder, name, threads)
+    for name, recipe in recipes(setup.model.config.hidden_size).items():
+        variants[name] = recipe_variant(quantize(setup.model, recipe, batches), batches[0], folder, name, threads)
     return variants, setup.tokenizer
 
 

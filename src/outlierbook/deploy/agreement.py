@@ -50,7 +50,8 @@ def simulated_codes(qm, batch: dict) -> dict[str, np.ndarray]:
             continue
 
         def record(module, args, out, q=q, name=node.name):
-            codes[name] = torch.round(out / q.scale + q.zero).to(torch.int64).numpy()
+            scale, zero = q.granularity.expand(q.scale, out), q.granularity.expand(q.zero, out)
+            codes[name] = torch.round(out / scale + zero).to(torch.int64).numpy()
 
         hooks.append(node.register_forward_hook(record))
     try:

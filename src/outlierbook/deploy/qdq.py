@@ -10,8 +10,9 @@ $\text{DQ}(q_x)\cdot\text{DQ}(q_W)$ into one integer product,
 $$\hat x \hat W^\top = s_x s_W \Big(\sum_k (q_{x,k} - z_x)\, q_{W,k}\Big),$$
 
 accumulated exactly in int32 and rescaled once. The factorisation needs one activation scale $s_x$ for the
-whole row (per-tensor activations) and one weight scale per output channel: per-embedding-group
-activations (PEG) do not factor this way and are refused here.
+whole row (per-tensor activations) and one weight scale per output channel. Per-embedding-group activations
+(PEG) do not factor this way; :mod:`outlierbook.deploy.grouped` splits each Linear that reads them into one
+integer product per group.
 """
 
 from __future__ import annotations
@@ -35,13 +36,20 @@ class QuantDequant(nn.Module):
     observing = False  # what the activation node asks before feeding an estimator
     learnable = False
 
-    def __init__(self, quantizer: FakeQuantizer, x_dim: int | None = None):
+    def __init__(self, quantizer: FakeQuantizer, channels: int | None = None):
         super().__init__()
         self.name = quantizer.name
         self.qmin, self.qmax = quantizer.grid.qmin, quantizer.grid.qmax
         self.axis = quantizer.granularity.axis
         scale, zero = quantizer.current_qparams(torch.empty(1))
-        scale, zero = scale.detach().float(), zero.detach()
+        scale, zero = scale.detach().float(), zero.detach().float()
+        if quantizer.granularity.groups is not None:  # per group -> per channel: each channel its group's values
+            if channels is None:
+                raise ConfigError(f"node {quantizer.name} is per-group: give the width of its tensor (channels=)")
+            shape_of = torch.empty(channels)
+            g = quantizer.granularity
+            g = type(g)(axis=-1, groups=g.groups, permutation=g.permutation)
+            scale, zero = g.expand(scale.reshape(-1), shape_of), g.expand(zero.reshape(-1), shape_of)
         if self.axis is None:
             self.scale_value, self.zero_value = float(scale.reshape(())), int(zero.reshape(()))
         self.register_buffer("scale", scale.reshape(-1).clone())
@@ -83,10 +91,12 @@ def check_exportable(qm) -> None:
         if q.grid.bits != INTEGER_BITS:
             raise ConfigError(f"node {q.name} is {q.grid.bits}-bit; integer kernels take 8-bit tensors: export a "
                               "W8A8 recipe (or leave the node in fp32)")
-        if q.granularity.groups is not None:
-            raise ConfigError(f"node {q.name} has per-group ranges (PEG); an integer matrix product needs one "
-                              "activation scale per row: export PEG through a grouped-Linear rewrite, or use "
-                              "per-tensor ranges")
+        if q.granularity.groups is not None and q.granularity.axis != -1 and not node.name.startswith("weight:"):
+            raise ConfigError(f"node {q.name} has groups along axis {q.granularity.axis}; the grouped-Linear export "
+                              "takes groups of the last (embedding) axis only: use axis=-1")
+        if q.granularity.groups is not None and node.name.startswith("weight:"):
+            raise ConfigError(f"weight {q.name} has per-group ranges; integer kernels take weights per output "
+                              "channel or per tensor")
         if q.pact:
             raise ConfigError(f"node {q.name} uses PACT clipping bounds; freeze them into a scale first")
 
@@ -95,12 +105,22 @@ def check_exportable(qm) -> None:
 def qdq_form(qm):
     """Within the block, every quantizing node of ``qm`` is a :class:`QuantDequant` (every other one is off);
     the original quantizers are put back afterwards, whatever happens."""
+    from .grouped import channels_of, grouped_readers
+
     check_exportable(qm)
     saved = [(node, node.quantizer) for node in nodes(qm)]
     try:
         for node, q in saved:
-            node.quantizer = QuantDequant(q) if q is not None and q.quantizing else None
-        yield qm
+            if q is None or not q.quantizing:
+                node.quantizer = None
+            elif q.granularity.groups is not None:  # a per-group activation (PEG)
+                node.quantizer = QuantDequant(q, channels=channels_of(qm.parts, node))
+            else:
+                node.quantizer = QuantDequant(q)
+        weight_qdqs = {qm.parts.weights[name[len("weight:"):]]: node.quantizer
+                       for name, node in qm.weight_nodes.items()}
+        with grouped_readers(qm, dict(saved), weight_qdqs):
+            yield qm
     finally:
         for node, q in saved:
             node.quantizer = q

@@ -1,7 +1,7 @@
 """The "From simulation to silicon" chapter: the book's recipes as integer models, against the toolkits' own.
 
 :func:`recipes` are the exported recipes (W8A8, the FasterTransformer placement, per-channel weights,
-per-tensor activations with average min-max ranges); :func:`variants_for` builds every deployable variant of
+average min-max ranges, per tensor except PEG's per-group LayerNorm outputs); :func:`variants_for` builds every deployable variant of
 one task's FP model; :func:`metric_table` scores them; :func:`signed_weights_damage` measures what the
 saturating u8·s8 kernels of this CPU would cost.
 """
@@ -13,17 +13,24 @@ from pathlib import Path
 import pandas as pd
 
 from ..deploy.runtime import Variant, baselines, recipe_variant
-from ..recipe import GammaMigration, Ranges, Recipe, TokenWiseClipping, quantize
+from ..methods.peg import peg_config
+from ..quant.granularity import group_counts
+from ..recipe import GammaMigration, PegPermutation, Ranges, Recipe, TokenWiseClipping, quantize
 
 BASE = dict(bits="W8A8", placement="os", act_estimator="avg_minmax")
+PEG_KINDS = ("attention.ln", "ffn.ln")  # the two LayerNorm outputs: the inputs of the FFN and of the next attention
 
 
-def recipes(twc_max_candidates: int | None = None) -> dict[str, Recipe]:
+def recipes(width: int, twc_max_candidates: int | None = None) -> dict[str, Recipe]:
+    """The exported recipes for a model of hidden width ``width`` (PEG's K is the divisor of it nearest 6)."""
     twc = TokenWiseClipping(max_candidates=twc_max_candidates)
+    k = group_counts(width, (6,))[0]
     return {
         "book MinMax": Recipe(**BASE),
         "book GM": Recipe(**BASE, transforms=(GammaMigration(),)),
         "book GM + TWC": Recipe(**BASE, transforms=(GammaMigration(),), calibrators=(Ranges(), twc)),
+        f"book PEG (K={k}+P)": Recipe(**BASE, overrides=peg_config(k, PEG_KINDS),
+                                      calibrators=(PegPermutation(PEG_KINDS), Ranges())),
     }
 
 
@@ -33,7 +40,7 @@ def variants_for(setup, batches, folder, twc_max_candidates=None, threads: int =
     folder = Path(folder) / setup.task
     variants = baselines(setup.model, batches, folder, threads)
     simulated = {}
-    for name, recipe in recipes(twc_max_candidates).items():
+    for name, recipe in recipes(setup.model.config.hidden_size, twc_max_candidates).items():
         simulated[name] = quantize(setup.model, recipe, batches)
         variants[name] = recipe_variant(simulated[name], batches[0], folder, name, threads)
     return variants, simulated
