@@ -51,6 +51,7 @@ from outlierbook.experiments import int8 as ix
 from outlierbook.models.tasks import task_setup
 from outlierbook.quant.calibrate import calibration_batches
 from outlierbook.recipe import Recipe, quantize
+from outlierbook.headline import headline_table, run_label
 from outlierbook.results import Recorder, dumps
 
 rec = Recorder("09_int8", profile, params=dict(model=model, tasks=tasks, eval_limit=eval_limit, n_calib=n_calib,
@@ -199,6 +200,7 @@ by_layer = pd.DataFrame({
     "integer: max steps": vs_integer["max steps"],
 }).loc[[n for n in vs_integer.index if n.endswith(("ffn.ln", "embeddings.ln")) or n.startswith("layer0.")]]
 rec.update({f"agreement/{n}": v for n, v in vs_integer["differing"].items()})
+rec.update({f"agreement_steps/{n}": v for n, v in vs_integer["max steps"].items()})
 rec.update({f"agreement_float64/{n}": v for n, v in vs_float64["differing"].items()})
 first = next((n for n, v in vs_integer["differing"].items() if v > 0), None)
 
@@ -243,9 +245,11 @@ print(damage.to_string(float_format=lambda v: f"{v:.3g}"))
 # activation ranges measured per batch at run time; the embedding table stays FP32); ONNX Runtime's
 # dynamic INT8; its static INT8 with its own MinMax calibration on the same calibration batches; and
 # four book recipes (MinMax, Gamma Migration, Gamma Migration + Token-Wise Clipping, and PEG with
-# $K = 6$ groups and its permutation), each beside its own simulation. The toolkits' quantizers are limited to the inputs of matrix products, the placement
-# the book uses (left at its default, ONNX Runtime also quantizes the addition that applies the
-# attention mask, and the model falls to chance).
+# # $K = 6$ groups and its permutation), each beside its own simulation. The toolkits' quantizers are limited
+# to the inputs of matrix products, the placement the book uses (left at its default, ONNX Runtime also
+# quantizes the addition that applies the attention mask, and the model falls to chance). The table the
+# chapter reads is the full run's (all four tasks, every dev example, 256 calibration examples, Token-Wise
+# Clipping's whole grid); the quick build prints its own two-task sample first, as a smoke test.
 
 # %%
 tables, variants = {}, {}
@@ -260,9 +264,14 @@ rec.update({f"metric/{v}/{c}": x for v, row in metric.iterrows() for c, x in row
 rec.update({f"size/{v}": x for v, x in sizes["size vs FP32"].dropna().items()})
 
 # %% tags=["nbval-check-output"]
+print(run_label(profile))
 print(metric.round(2).to_string())
 print()
 print(sizes.dropna().round(3).to_string())
+
+# %%
+shown = headline_table("09_int8", profile, "metric", metric)
+display(shown.styled("ch09_metric", "Task metric of each deployable variant and of each recipe's simulation"))
 
 # %% [markdown]
 # ## Latency, measured side by side
@@ -298,43 +307,65 @@ memory = pd.DataFrame({"peak memory (MiB)": peaks, "peak memory vs FP32": peaks 
 rec.update({f"peak_memory/{v}": x for v, x in memory["peak memory vs FP32"].items()})
 print(memory.round(2).to_string())
 
+# %% [markdown]
+# The scatter plot sets each variant's latency at the largest shape against its metric on the same task,
+# both from the full run where one is stored.
+
 # %%
-last = latency.columns[-1]
-fig, ax = plt.subplots(figsize=(7.5, 4.2))
-for v in latency.index:
-    ax.scatter(latency.loc[v, last], metric.loc[v, t0], s=30)
-    ax.annotate(v, (latency.loc[v, last], metric.loc[v, t0]), fontsize=7, xytext=(4, 3), textcoords="offset points")
-ax.set(xlabel=f"latency / {REFERENCE} ({last})", ylabel=f"{t0} {s0.metric}", title="accuracy against latency")
+timed = headline_table("09_int8", profile, "latency", latency.T)
+if timed.from_stored_run:
+    print(f"latency relative to {REFERENCE},", timed.source)
+    print(timed.table.T.round(2).to_string())
+last = max((c for c in timed.table.index if c.endswith("32x128")), key=lambda c: int(c.split()[0]))
+fig, ax = plt.subplots(figsize=(7.5, 4.6))
+for v in timed.table.columns:
+    x, y = timed.table.loc[last, v], shown.table.loc[v, t0]
+    ax.scatter(x, y, s=30)
+    ax.annotate(v, (x, y), fontsize=9, xytext=(4, 3), textcoords="offset points")
+ax.set(xlabel=f"latency / {REFERENCE} ({last})", ylabel=f"{t0} {s0.metric}",
+       title=f"accuracy against latency\n({timed.source})")
 plt.tight_layout()
 plt.show()
 
 # %% [markdown]
 # ## The goals, as measured
 #
-# The issue that asked for this chapter set three goals; they are checked here, not tuned: the best
-# book recipe at least as good as ONNX Runtime's static and dynamic INT8 on the average of the tasks;
-# a file at most 0.3× the FP32 file; latency at most 0.6× FP32 ONNX Runtime at batch 32 × 128 on two
-# threads (printed beside the latency table, since it is a timing).
+# The issue that asked for this chapter set three goals; they are checked here, not tuned:
+#
+# 1. the best book recipe at least as good as ONNX Runtime's static and dynamic INT8 on the average of the
+#    tasks (read from the table above: the full run's, in a quick build that has it);
+# 2. a file at most 0.3× the FP32 file, and latency at most 0.6× FP32 ONNX Runtime at batch 32 × 128 on two
+#    threads (printed below the checked cell, since it is a timing);
+# 3. the integer model's output within one quantization step of the simulated one at the last quantized
+#    node (from the node-by-node comparison of the MinMax export above, beside the same count for the
+#    simulation against itself in float64).
 
 # %%
-average = "average" if "average" in metric else tasks[0]
-book = [v for v in metric.index if v.startswith("book") and not v.endswith("(simulated)")]
-best = max(book, key=lambda v: metric.loc[v, average])
+table = shown.table
+average = "average" if "average" in table else table.columns[0]
+book = [v for v in table.index if v.startswith("book") and not v.endswith("(simulated)")]
+best = max(book, key=lambda v: table.loc[v, average])
+last_node = vs_integer.index[-1]
 goals = {
+    "tables_from": "full run" if shown.from_stored_run or profile == "full" else "this run (quick)",
     "best_recipe": best,
-    "best_recipe_at_least_ort_static": bool(metric.loc[best, average] >= metric.loc["ORT static INT8 (its MinMax)", average]),
-    "best_recipe_at_least_ort_dynamic": bool(metric.loc[best, average] >= metric.loc["ORT dynamic INT8", average]),
+    "best_recipe_at_least_ort_static": bool(table.loc[best, average] >= table.loc["ORT static INT8 (its MinMax)", average]),
+    "best_recipe_at_least_ort_dynamic": bool(table.loc[best, average] >= table.loc["ORT dynamic INT8", average]),
     "file_at_most_0.3_of_fp32": bool(sizes.loc[best, "size vs FP32"] <= 0.3),
+    "last_node": last_node,
+    "last_node_max_steps_integer_vs_simulated": int(vs_integer.loc[last_node, "max steps"]),
+    "last_node_max_steps_float64_vs_float32": int(vs_float64.loc[last_node, "max steps"]),
+    "integer_output_within_one_step": bool(vs_integer.loc[last_node, "max steps"] <= 1),
 }
-rec.update({f"goal/{k}": v for k, v in goals.items()})
+rec.update({f"goal/{k}": v for k, v in goals.items() if isinstance(v, bool)})
 
 # %% tags=["nbval-check-output"]
 print(dumps(goals))
 
 # %%
-column = next((c for c in latency.columns if c.endswith("32x128") and c.startswith("2 ")), None)
-print("latency goal (<= 0.6 x FP32 ONNX Runtime at 32 x 128, 2 threads):",
-      "not measured in this profile" if column is None else f"{latency.loc[best, column]:.2f} x")
+column = next((c for c in timed.table.index if c.endswith("32x128") and c.startswith("2 ")), None)
+print("latency goal (<= 0.6 x FP32 ONNX Runtime at 32 x 128, 2 threads),", timed.source + ":",
+      "not measured" if column is None else f"{timed.table.loc[column, best]:.2f} x for {best}")
 
 # %%
 rec.save(extra_run_info={"settings": settings})

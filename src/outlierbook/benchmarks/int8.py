@@ -134,23 +134,32 @@ def build(folder, threads: int, n_calib: int = 64):
 
 
 def main(argv=None) -> int:
+    from ..deploy.runtime import at_threads
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--shapes", nargs="+", default=["1x128", "32x128"])
     p.add_argument("--rounds", type=int, default=20)
     a = p.parse_args(argv)
-    for threads in a.threads:
-        with tempfile.TemporaryDirectory() as folder:
-            variants, tokenizer = build(folder, threads)
-            sizes = {k: v.bytes / variants[REFERENCE].bytes for k, v in variants.items()}
-            for shape in a.shapes:
-                b, t = (int(x) for x in shape.split("x"))
+    shapes = []
+    for shape in a.shapes:
+        try:
+            b, t = (int(x) for x in shape.lower().split("x"))
+        except ValueError:
+            p.error(f"shape {shape!r} is not BATCHxTOKENS; write e.g. 32x128")
+        shapes.append((b, t))
+    with tempfile.TemporaryDirectory() as folder:
+        built, tokenizer = build(folder, a.threads[0])  # calibrated and exported once; sessions reopened per count
+        sizes = {k: v.bytes / built[REFERENCE].bytes for k, v in built.items()}
+        for threads in a.threads:
+            variants = at_threads(built, threads)
+            for b, t in shapes:
                 ratios = latency_ratios(variants, inputs_of(tokenizer, b, t), a.rounds)
                 peaks = {name: peak_memory_mb(v, folder, threads, b, t) for name, v in variants.items()}
-                print(f"{threads} thread(s), batch {b} x {t} tokens, median of {a.rounds} interleaved rounds")
+                print(f"{threads} thread(s), batch {b} x {t} tokens, median of {a.rounds} interleaved rounds", flush=True)
                 for name in variants:
                     print(f"  {name:<30} latency {ratios[name]:5.2f} x {REFERENCE}   size {sizes[name]:5.2f} x   "
-                          f"peak memory {peaks[name] / peaks[REFERENCE]:5.2f} x ({peaks[name]:6.0f} MiB)")
+                          f"peak memory {peaks[name] / peaks[REFERENCE]:5.2f} x ({peaks[name]:6.0f} MiB)", flush=True)
     return 0
 
 
