@@ -42,16 +42,17 @@ import tempfile
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from outlierbook import deploy
+from outlierbook import competence, deploy
 from outlierbook.benchmarks.int8 import REFERENCE, inputs_of, latency_ratios, peak_memory_mb
+from outlierbook.data.glue import load_task
 from outlierbook.deploy.agreement import node_agreement, precision_agreement
 from outlierbook.deploy.runtime import at_threads
 from outlierbook.errors import ConfigError
 from outlierbook.experiments import int8 as ix
+from outlierbook.headline import headline_table, run_label
 from outlierbook.models.tasks import task_setup
 from outlierbook.quant.calibrate import calibration_batches
 from outlierbook.recipe import Recipe, quantize
-from outlierbook.headline import headline_table, run_label
 from outlierbook.results import Recorder, dumps
 
 rec = Recorder("09_int8", profile, params=dict(model=model, tasks=tasks, eval_limit=eval_limit, n_calib=n_calib,
@@ -333,7 +334,9 @@ plt.show()
 # The issue that asked for this chapter set three goals; they are checked here, not tuned:
 #
 # 1. the best book recipe at least as good as ONNX Runtime's static and dynamic INT8 on the average of the
-#    tasks (read from the table above: the full run's, in a quick build that has it);
+#    tasks (read from the table above: the full run's, in a quick build that has it). The issue averages
+#    every task; the ledger's precondition would drop a task whose FP model is not competent (RTE on this
+#    CPU's budget), so that average is given beside it;
 # 2. a file at most 0.3× the FP32 file, and latency at most 0.6× FP32 ONNX Runtime at batch 32 × 128 on two
 #    threads (printed below the checked cell, since it is a timing);
 # 3. the integer model's output within one quantization step of the simulated one at the last quantized
@@ -342,21 +345,20 @@ plt.show()
 
 # %%
 table = shown.table
-average = "average" if "average" in table else table.columns[0]
-book = [v for v in table.index if v.startswith("book") and not v.endswith("(simulated)")]
-best = max(book, key=lambda v: table.loc[v, average])
+task_columns = [c for c in table.columns if c != "average"]
+labels = {t: (load_task(t, "dev", source=data_source) if shown.from_stored_run else setups[t].eval_data).labels
+          for t in task_columns}
+state = competence.status({t: table.loc["PyTorch FP32", t] for t in task_columns}, labels)
+goals = {"tables_from": "full run" if shown.from_stored_run or profile == "full" else "this run (quick)",
+         **ix.goals(table, sizes, state, task_columns)}
 last_node = vs_integer.index[-1]
-goals = {
-    "tables_from": "full run" if shown.from_stored_run or profile == "full" else "this run (quick)",
-    "best_recipe": best,
-    "best_recipe_at_least_ort_static": bool(table.loc[best, average] >= table.loc["ORT static INT8 (its MinMax)", average]),
-    "best_recipe_at_least_ort_dynamic": bool(table.loc[best, average] >= table.loc["ORT dynamic INT8", average]),
-    "file_at_most_0.3_of_fp32": bool(sizes.loc[best, "size vs FP32"] <= 0.3),
+goals.update({
     "last_node": last_node,
     "last_node_max_steps_integer_vs_simulated": int(vs_integer.loc[last_node, "max steps"]),
     "last_node_max_steps_float64_vs_float32": int(vs_float64.loc[last_node, "max steps"]),
     "integer_output_within_one_step": bool(vs_integer.loc[last_node, "max steps"] <= 1),
-}
+})
+best = goals["best_recipe"]
 rec.update({f"goal/{k}": v for k, v in goals.items() if isinstance(v, bool)})
 
 # %% tags=["nbval-check-output"]

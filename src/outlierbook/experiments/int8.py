@@ -75,3 +75,27 @@ def signed_weights_damage(setup, qm, batch, probe, folder, threads: int = 1) -> 
                                                                       if n.startswith("layer0.")], "differing"].max(),
                        "max steps, any node": int(agreement["max steps"].max())}
     return pd.DataFrame(rows).T
+
+
+def goals(table: pd.DataFrame, sizes: pd.DataFrame, state: dict, tasks) -> dict:
+    """The chapter's first two goals on a metric table (variants × tasks): the best book recipe (by the average
+    over ``tasks``, the issue's rule) at least ONNX Runtime's static and dynamic INT8, and its file at most
+    0.3× FP32. The same comparison over the competent tasks only (the ledger's precondition,
+    :mod:`outlierbook.competence`) is given beside it, with the tasks it excluded."""
+    from .. import competence
+
+    book = [v for v in table.index if v.startswith("book") and not v.endswith("(simulated)")]
+    a = competence.averages(table[list(tasks)], state)
+
+    def against(average: pd.Series) -> dict:
+        best = max(book, key=lambda v: average[v])
+        return {"best_recipe": best,
+                "best_recipe_at_least_ort_static": bool(average[best] >= average["ORT static INT8 (its MinMax)"]),
+                "best_recipe_at_least_ort_dynamic": bool(average[best] >= average["ORT dynamic INT8"])}
+
+    out = {"average_over": list(tasks), **against(a.old)}
+    out["file_at_most_0.3_of_fp32"] = bool(sizes.loc[out["best_recipe"], "size vs FP32"] <= 0.3)
+    out["competent_tasks"] = list(a.tasks)
+    out["over_competent_tasks"] = against(a.new) if a.new is not None else "not testable here"
+    out["precondition"] = competence.describe(state, tasks)
+    return out
