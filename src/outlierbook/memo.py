@@ -5,7 +5,9 @@
 key, written atomically. The library's source hash is part of the folder, so a code change never reuses a
 result computed by other code; so is ``context``, the run's parameters every experiment depends on (model,
 data source, calibration size, seed), so a run with ``--set model=...`` never reuses another model's
-results. ``memo(key, compute)`` returns the stored value or computes, stores and returns it.
+results. ``memo(key, compute)`` returns the stored value or computes, stores and returns it;
+:func:`kept` is the same for an experiment on one task's FP model, whose key always names the task, the FP
+checkpoint and the evaluation size.
 """
 
 from __future__ import annotations
@@ -46,6 +48,15 @@ class Memo:
             self.folder.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps({"key": key, "value": value}, sort_keys=True, default=str))
         return value
+
+
+def kept(memo: Memo | None, setup, key: dict, compute):
+    """``compute()``, or with a :class:`Memo` its stored result for ``key`` on ``setup``'s model: the key gains
+    the task, the FP checkpoint (:attr:`TaskSetup.checkpoint`) and the evaluation size, so another fine-tune or
+    another evaluation split is another experiment."""
+    if memo is None:
+        return compute()
+    return memo({**key, "task": setup.task, "checkpoint": setup.checkpoint, "n_eval": len(setup.eval_data)}, compute)
 
 
 def _digest(obj: dict) -> str:

@@ -45,3 +45,26 @@ def test_a_run_with_another_context_does_not_reuse_results(tmp_path, monkeypatch
     other = Memo("05_outlier_suppression", "full", context={"model": "b", "n_calib": 256})
     assert same(key, lambda: 2.0) == 1.0 and same.hits == 1
     assert other(key, lambda: 2.0) == 2.0 and other.misses == 1
+
+
+def test_an_experiment_on_a_task_is_keyed_by_its_checkpoint_and_evaluation_size(tmp_path, monkeypatch):
+    import types
+
+    from outlierbook.memo import kept
+
+    monkeypatch.setenv("OUTLIERBOOK_CACHE", str(tmp_path))
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return len(calls)
+
+    setup = types.SimpleNamespace(task="sst2", checkpoint="steps2105-seed0", eval_data=[0] * 872)
+    memo = Memo("05_outlier_suppression", "full")
+    assert kept(memo, setup, {"method": "gm"}, compute) == 1 and kept(memo, setup, {"method": "gm"}, compute) == 1
+    [stored] = [json.loads(p.read_text())["key"] for p in memo.folder.iterdir()]
+    assert stored == {"method": "gm", "task": "sst2", "checkpoint": "steps2105-seed0", "n_eval": 872}
+    other_head = types.SimpleNamespace(**{**vars(setup), "checkpoint": "steps200-seed0"})
+    fewer = types.SimpleNamespace(**{**vars(setup), "eval_data": [0] * 100})
+    assert kept(memo, other_head, {"method": "gm"}, compute) == 2 and kept(memo, fewer, {"method": "gm"}, compute) == 3
+    assert kept(None, setup, {"method": "gm"}, compute) == 4  # no memo: computed every time

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from ..memo import Memo
+from ..memo import Memo, kept
 from ..methods.peg import peg_config
 from ..models.attention_variants import AttentionVariant
 from ..naq.wrapper import naq_executing
@@ -79,10 +79,9 @@ def score_recipes(setup, bits_list, batches_for_seed, seeds, memo: Memo, twc_max
             qm = quantize(setup.model, recipe, batches_for_seed(seed))
             return {"value": setup.score(qm), "seconds": qm.info["seconds"]}
 
-        key = {"task": setup.task, "bits": Bits.parse(b).name, "recipe": name, "seed": seed,
-               "twc_max_candidates": twc_max_candidates, "n_eval": len(setup.eval_data),
-               "checkpoint": setup.checkpoint}
-        rows.append({"task": setup.task, "bits": Bits.parse(b).name, "recipe": name, "seed": seed, **memo(key, run)})
+        key = {"bits": Bits.parse(b).name, "recipe": name, "seed": seed, "twc_max_candidates": twc_max_candidates}
+        rows.append({"task": setup.task, "bits": Bits.parse(b).name, "recipe": name, "seed": seed,
+                     **kept(memo, setup, key, run)})
     return pd.DataFrame(rows)
 
 

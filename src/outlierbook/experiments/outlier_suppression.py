@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
+from ..memo import kept
 from ..methods.peg import peg_config
 from ..recipe import (EMBEDDING_WEIGHTS, Bits, EasyQuant, GammaMigration, PegPermutation, Ranges, Recipe,
                       TokenWiseClipping, quantize)
@@ -138,10 +139,9 @@ def qat_variant(setup, variant: str, bits: Bits, batches, steps: int, batch_size
         return {"task": setup.task, "variant": variant, "bits": bits.wea, "ptq_init": result["ptq"],
                 "value": result["value"], "final_loss": result["final_loss"], "steps": steps}
 
-    key = {"experiment": "qat", "task": setup.task, "variant": variant, "bits": bits.wea, "steps": steps,
-           "batch_size": batch_size, "lr": lr, "seed": seed, "twc_max_candidates": twc_max_candidates,
-           "checkpoint": setup.checkpoint, "n_eval": len(setup.eval_data)}
-    return memo(key, run) if memo is not None else run()
+    key = {"experiment": "qat", "variant": variant, "bits": bits.wea, "steps": steps, "batch_size": batch_size,
+           "lr": lr, "seed": seed, "twc_max_candidates": twc_max_candidates}
+    return kept(memo, setup, key, run)
 
 
 def ln_cosine_table(model, batches, bits: int = 6):
@@ -196,9 +196,7 @@ def run_methods(setup, methods, bits: Bits, batches, cache: dict | None = None, 
             def run(method=method):
                 return score_method(setup, method, bits, batches, **kw)
 
-            stored = {"experiment": "method", "task": setup.task, "method": method, "bits": bits.wea,
-                      "checkpoint": setup.checkpoint, "n_eval": len(setup.eval_data), **kw}
-            cache[key] = memo(stored, run) if memo is not None else run()
+            cache[key] = kept(memo, setup, {"experiment": "method", "method": method, "bits": bits.wea, **kw}, run)
         rows.append(cache[key])
     return rows
 

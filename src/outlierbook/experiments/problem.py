@@ -8,6 +8,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..analysis.sensitivity import fp32_kinds, node_cosine
+from ..memo import kept
 from ..models.tasks import TaskSetup
 from ..nbsetup import progress_enabled
 from ..quant.calibrate import calibration_batches
@@ -43,10 +44,9 @@ def weight_act_sweep(setup: TaskSetup, n_calib: int = 256, seeds=(0,), placement
                                               act_estimator=act_estimator), batches)
             return {name: setup.score(qm.set_mode(*mode)) for name, mode in SWEEP[(wb, ab)].items()}
 
-        key = {"experiment": "sweep", "task": setup.task, "weight_bits": wb, "act_bits": ab, "seed": seed,
-               "n_calib": n_calib, "batch_size": batch_size, "placement": placement, "act_estimator": act_estimator,
-               "checkpoint": setup.checkpoint, "n_eval": len(setup.eval_data)}
-        scores = memo(key, run) if memo is not None else run()
+        key = {"experiment": "sweep", "weight_bits": wb, "act_bits": ab, "seed": seed, "n_calib": n_calib,
+               "batch_size": batch_size, "placement": placement, "act_estimator": act_estimator}
+        scores = kept(memo, setup, key, run)
         for name in SWEEP[(wb, ab)]:  # in the sweep's order (a stored result's keys come back sorted)
             per_setting.setdefault(name, []).append(scores[name])
     for name, values in per_setting.items():

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ..analysis.sensitivity import fp32_kinds
 from ..errors import ConfigError
+from ..memo import kept
 from ..methods.peg import FFN_KINDS, peg_config
 from ..nbsetup import progress_enabled
 from ..models.anatomy import anatomy
@@ -72,14 +73,6 @@ def _progress(items, desc):
     return tqdm(items, desc=desc, disable=not progress_enabled())
 
 
-def _kept(memo, setup, key: dict, run):
-    """``run()``, or with a :class:`~outlierbook.memo.Memo` its stored result: the key gains the FP
-    checkpoint and the evaluation size, so a stopped full run resumes at the experiment in progress."""
-    if memo is None:
-        return run()
-    return memo({**key, "task": setup.task, "checkpoint": setup.checkpoint, "n_eval": len(setup.eval_data)}, run)
-
-
 def _setting_key(setting: RangeSetting) -> dict:
     return {"weights": setting.weights, "acts": setting.acts, "bs": setting.batch_size, "nb": setting.n_batches}
 
@@ -110,7 +103,7 @@ def range_search(setup, grid: list[RangeSetting], seeds, memo=None) -> pd.DataFr
                                    else setup.score(qm.set_mode(True, False)))
                 return values
 
-            values = _kept(memo, setup, {"experiment": "range_search", **_setting_key(setting), "seed": seed}, run)
+            values = kept(memo, setup, {"experiment": "range_search", **_setting_key(setting), "seed": seed}, run)
             w32a8.setdefault(act_key, values["W32A8"])
             w8a32.setdefault(setting.weights, values["W8A32"])
             values.update(W32A8=w32a8[act_key], W8A32=w8a32[setting.weights])
@@ -156,7 +149,7 @@ def leave_one_out(setup, seeds, memo=None) -> pd.DataFrame:
                     scores[label] = setup.score(qm)
             return scores
 
-        scores = _kept(memo, setup, {"experiment": "leave_one_out", "seed": seed}, run)
+        scores = kept(memo, setup, {"experiment": "leave_one_out", "seed": seed}, run)
         for label in groups:
             per.setdefault(label, []).append(scores[label])
     return pd.DataFrame([{"task": setup.task, "quantized activations": k, **_spread(v)} for k, v in per.items()])
@@ -218,7 +211,7 @@ def configured_ptq(setup, seeds, configs: dict[str, dict], weight_bits=8, act_bi
             key = {"experiment": desc, "config": config, "label": label, "bits": [weight_bits, act_bits],
                    "permuted": list(kinds or ()), **_setting_key(setting), "seed": seed,
                    "perm_examples": sum(len(b["input_ids"]) for b in perm_batches) if kinds else 0}
-            result = _kept(memo, setup, key, run)
+            result = kept(memo, setup, key, run)
             values.append(result["value"])
             share = result["share"]
         rows.append({"task": setup.task, "config": label, **_spread(values),
@@ -297,7 +290,7 @@ def qat_run(setup, weight_bits=8, act_bits=8, config: dict | None = None, steps:
 
     key = {"experiment": "qat", "bits": [weight_bits, act_bits], "config": config, "steps": steps,
            "batch_size": batch_size, "lr": lr, "seed": seed, "init_batch": init_batch}
-    return _kept(memo, setup, key, run)
+    return kept(memo, setup, key, run)
 
 
 def weight_ptq(setup, weight_bits: int, seeds, config: dict | None = None, memo=None) -> float:
@@ -309,7 +302,7 @@ def weight_ptq(setup, weight_bits: int, seeds, config: dict | None = None, memo=
                           batches_for(setup, RangeSetting(), seed))
             return setup.score(qm.set_mode(weights=True, acts=False))
 
-        values.append(_kept(memo, setup, {"experiment": "weight_ptq", "bits": weight_bits, "config": config,
+        values.append(kept(memo, setup, {"experiment": "weight_ptq", "bits": weight_bits, "config": config,
                                           "seed": seed}, run))
     return statistics.median(values)
 
