@@ -348,3 +348,25 @@ def test_peak_memory_rebuilds_a_dynamic_int8_model_from_tensors_only(tmp_path):
                      intermediate_size=64, max_position_embeddings=64)
     q = torch.ao.quantization.quantize_dynamic(BertModel(cfg).eval(), {torch.nn.Linear}, dtype=torch.qint8)
     assert 0 <= peak_memory_mb(Variant("dynamic", q, 0), tmp_path, 1, 2, 16) < 60
+
+
+def test_sentence_pairs_keep_their_segment_ids(tmp_path):
+    """BERT reads which sentence a token belongs to: the export takes token_type_ids when the tokenizer gives
+    them, the runtime model passes them on, and without them (one sentence) the output is another."""
+    from outlierbook.deploy.runtime import RuntimeModel
+
+    model = _encoder()
+    batch = _batch(0)
+    batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+    batch["token_type_ids"][:, 6:] = 1
+    path = deploy.export(model, batch, tmp_path / "pairs.onnx")
+    sess = deploy.session(path)
+    assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
+    runtime = RuntimeModel(sess, model.config, "last_hidden_state")
+    with torch.no_grad():
+        want = model(**batch).last_hidden_state
+        one_sentence = model(**{k: v for k, v in batch.items() if k != "token_type_ids"}).last_hidden_state
+    assert (one_sentence - want).abs().max() > 0.1
+    assert torch.allclose(runtime(**batch).last_hidden_state, want, atol=1e-4)
+    assert torch.allclose(runtime(batch["input_ids"], batch["attention_mask"]).last_hidden_state, one_sentence,
+                          atol=1e-4)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .onnx_export import run, session
+from .onnx_export import feeds, run, session
 
 _SCOPE = re.compile(r"/([A-Za-z0-9_]+)/quantizer/QuantizeLinear$")
 
@@ -71,8 +71,7 @@ def node_agreement(qm, path, batch: dict, threads: int = 1) -> pd.DataFrame:
     try:
         sess = session(probe, threads)
         wanted = list(names.values())
-        values = dict(zip(["output"] + wanted, sess.run(["output"] + wanted, {
-            "input_ids": batch["input_ids"].numpy(), "attention_mask": batch["attention_mask"].numpy()})))
+        values = dict(zip(["output"] + wanted, sess.run(["output"] + wanted, feeds(sess, batch))))
     finally:
         Path(probe).unlink(missing_ok=True)
     theirs = {name: values[onnx_name].astype(np.int64) for name, onnx_name in names.items()}

@@ -32,23 +32,45 @@ INTEGER_OPS = ("QGemm", "MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger"
 OPSET = 17
 
 
+REQUIRED_INPUTS = ("input_ids", "attention_mask")
+SEGMENT_INPUT = "token_type_ids"  # BERT's segment ids: sentence pairs (MRPC, RTE) mark the second sentence with 1
+
+
 class _FirstOutput(torch.nn.Module):
-    """``model(input_ids, attention_mask)[0]``: logits of a classifier, the last hidden state of an encoder."""
+    """``model(**inputs)[0]``: logits of a classifier, the last hidden state of an encoder; the inputs by name,
+    in the order of :func:`input_names`."""
 
-    def __init__(self, model):
+    def __init__(self, model, names):
         super().__init__()
-        self.model = model
+        self.model, self.names = model, names
 
-    def forward(self, input_ids, attention_mask):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask)[0]
+    def forward(self, *args):
+        return self.model(**dict(zip(self.names, args)))[0]
 
 
-def _inputs(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    missing = [k for k in ("input_ids", "attention_mask") if k not in batch]
+def input_names(batch: dict) -> tuple[str, ...]:
+    """The graph's inputs for batches like ``batch``: ``input_ids``, ``attention_mask`` and, when the tokenizer
+    gives them, ``token_type_ids`` (without them a sentence-pair classifier would read every token as the
+    first sentence's)."""
+    missing = [k for k in REQUIRED_INPUTS if k not in batch]
     if missing:
         raise ConfigError(f"the example batch lacks {', '.join(missing)}; pass a tokenizer's output "
                           "(input_ids and attention_mask)")
-    return batch["input_ids"], batch["attention_mask"]
+    return REQUIRED_INPUTS + ((SEGMENT_INPUT,) if SEGMENT_INPUT in batch else ())
+
+
+def feeds(sess, batch: dict) -> dict:
+    """The session's inputs from ``batch`` as NumPy arrays; segment ids absent from ``batch`` are zeros (one
+    sentence), as in Hugging Face models."""
+    out = {}
+    for i in sess.get_inputs():
+        if i.name in batch:
+            out[i.name] = np.asarray(batch[i.name])
+        elif i.name == SEGMENT_INPUT:
+            out[i.name] = np.zeros_like(np.asarray(batch["input_ids"]))
+        else:
+            raise ConfigError(f"the batch lacks {i.name}, an input of this ONNX model; pass a tokenizer's output")
+    return out
 
 
 def export(model, batch: dict, path, fold: bool = True, unsigned_weights: bool = True) -> Path:
@@ -60,7 +82,8 @@ def export(model, batch: dict, path, fold: bool = True, unsigned_weights: bool =
 
     path = Path(path)
     is_quantized = hasattr(model, "act_nodes")
-    args = _inputs(batch)
+    names = input_names(batch)
+    args = tuple(batch[n] for n in names)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".onnx")
     os.close(fd)
@@ -73,10 +96,9 @@ def export(model, batch: dict, path, fold: bool = True, unsigned_weights: bool =
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message="Exporting aten::index operator")
-            torch.onnx.export(_FirstOutput(model).eval(), args, tmp, dynamo=False, opset_version=OPSET,
-                              input_names=["input_ids", "attention_mask"], output_names=["output"],
-                              dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
-                                            "attention_mask": {0: "batch", 1: "sequence"},
+            torch.onnx.export(_FirstOutput(model, names).eval(), args, tmp, dynamo=False, opset_version=OPSET,
+                              input_names=list(names), output_names=["output"],
+                              dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names},
                                             "output": {0: "batch"}})
         proto = onnx.load(tmp)
         if fold:
@@ -183,8 +205,7 @@ def session(path, threads: int = 1, optimized_path=None):
 
 
 def run(sess, batch: dict) -> np.ndarray:
-    ids, mask = _inputs(batch)
-    return sess.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    return sess.run(None, feeds(sess, batch))[0]
 
 
 def integer_kernels(path, threads: int = 1) -> Counter:

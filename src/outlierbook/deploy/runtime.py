@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from .onnx_export import export, session
+from .onnx_export import export, feeds, session
 
 
 class RuntimeModel:
@@ -41,8 +41,11 @@ class RuntimeModel:
     def eval(self):
         return self
 
-    def __call__(self, input_ids, attention_mask, **_):
-        out = self.session.run(None, {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})[0]
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, **_):
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            batch["token_type_ids"] = token_type_ids
+        out = self.session.run(None, feeds(self.session, batch))[0]
         return SimpleNamespace(**{self.output: torch.from_numpy(np.ascontiguousarray(out))})
 
 
@@ -76,7 +79,7 @@ class _Reader:
     """ONNX Runtime's calibration interface over the book's calibration batches."""
 
     def __init__(self, batches):
-        self._items = iter([{"input_ids": b["input_ids"].numpy(), "attention_mask": b["attention_mask"].numpy()}
+        self._items = iter([{k: v.numpy() for k, v in b.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
                             for b in batches])
 
     def get_next(self):
