@@ -89,3 +89,15 @@ def test_the_book_names_the_packaged_model_like_the_embedded_one(monkeypatch, tm
     assert called == ["all-mpnet-base-v2", "sentence-transformers/all-mpnet-base-v2"]
     assert short_name("sentence-transformers/all-mpnet-base-v2") == "all-mpnet-base-v2"
     assert packaged.packaged_name("bert-base-uncased") is None
+
+
+def test_mpnet_loads_with_its_own_attention_and_bert_with_sdpa(tmp_path):
+    import transformers as tf
+
+    from outlierbook.models.load import load_encoder
+
+    small = dict(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    tf.MPNetModel(tf.MPNetConfig(**small)).save_pretrained(tmp_path / "mpnet")
+    tf.BertModel(tf.BertConfig(**small)).save_pretrained(tmp_path / "bert")
+    assert load_encoder(str(tmp_path / "mpnet")).config._attn_implementation == "eager"  # transformers has no SDPA path
+    assert load_encoder(str(tmp_path / "bert")).config._attn_implementation == "sdpa"

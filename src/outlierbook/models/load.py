@@ -120,8 +120,20 @@ def check_finite(model, name: str):
     return model
 
 
+NO_SDPA = ("mpnet",)  # families whose Hugging Face attention has no SDPA path (MPNet adds a position bias itself)
+
+
+def default_attention(path: str) -> str:
+    """``"sdpa"`` (PyTorch's fused attention), or ``"eager"`` for a family transformers runs only that way."""
+    from transformers import AutoConfig
+
+    return "eager" if getattr(AutoConfig.from_pretrained(path), "model_type", None) in NO_SDPA else "sdpa"
+
+
 def _from_pretrained(loader, name: str, **kwargs):
     path = check_model_name(name)
+    if kwargs.get("attn_implementation") == "auto":
+        kwargs["attn_implementation"] = default_attention(path)
     try:
         model = loader.from_pretrained(path, **kwargs)
     except OSError as exc:
@@ -138,14 +150,14 @@ def load_tokenizer(name: str = EMBEDDED):
     return _from_pretrained(AutoTokenizer, name)
 
 
-def load_encoder(name: str = EMBEDDED, attn_implementation: str = "sdpa"):
-    """The bare encoder (``AutoModel``), in eval mode."""
+def load_encoder(name: str = EMBEDDED, attn_implementation: str = "auto"):
+    """The bare encoder (``AutoModel``), in eval mode (``"auto"``: :func:`default_attention`)."""
     from transformers import AutoModel
 
     return _from_pretrained(AutoModel, name, attn_implementation=attn_implementation).eval()
 
 
-def load_classifier(name: str = EMBEDDED, num_labels: int = 2, attn_implementation: str = "sdpa"):
+def load_classifier(name: str = EMBEDDED, num_labels: int = 2, attn_implementation: str = "auto"):
     """Encoder + a freshly initialised sequence-classification head (``num_labels=1``: regression)."""
     from transformers import AutoModelForSequenceClassification
 

@@ -29,7 +29,7 @@ from ..data.glue import TaskData, load_task, task_spec
 from ..errors import ConfigError
 from ..nbsetup import progress_enabled
 from ..paths import cache_dir
-from .load import EMBEDDED, check_finite, load_classifier, load_tokenizer, resolve, short_name
+from .load import EMBEDDED, check_finite, default_attention, load_classifier, load_tokenizer, resolve, short_name
 
 # ---------------------------------------------------------------- batching
 
@@ -226,7 +226,7 @@ def get_finetuned(cfg: FinetuneConfig, progress: bool = True, data_source: str =
                 "loss_curve": [round(x, 5) for x in losses], "dev": dev}
         (tmp / "finetune.json").write_text(json.dumps(meta, indent=1))
         replace_folder(tmp, path)  # one step: a killed run leaves no half-saved head
-    model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="sdpa").eval()
+    model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation=default_attention(str(path))).eval()
     return check_finite(model, str(path))
 
 
