@@ -45,7 +45,7 @@ import pandas as pd
 from outlierbook import competence, deploy
 from outlierbook.benchmarks.int8 import REFERENCE, inputs_of, latency_ratios, peak_memory_mb
 from outlierbook.data.glue import load_task
-from outlierbook.deploy.agreement import node_agreement, precision_agreement
+from outlierbook.deploy.agreement import node_agreement, output_agreement, precision_agreement
 from outlierbook.deploy.runtime import at_threads
 from outlierbook.errors import ConfigError
 from outlierbook.experiments import int8 as ix
@@ -204,17 +204,21 @@ rec.update({f"agreement/{n}": v for n, v in vs_integer["differing"].items()})
 rec.update({f"agreement_steps/{n}": v for n, v in vs_integer["max steps"].items()})
 rec.update({f"agreement_float64/{n}": v for n, v in vs_float64["differing"].items()})
 first = next((n for n, v in vs_integer["differing"].items() if v > 0), None)
+outputs = output_agreement(qm, path, probe)
+rec.update({f"output_agreement/{k}": v for k, v in outputs.items()})
 
 # %% tags=["nbval-check-output"]
 print(by_layer.to_string(float_format=lambda v: f"{v:.2e}"))
 print("first node that differs:", first)
+print("model output (logits), integer vs simulated:", dumps({k: float(f"{v:.3g}") for k, v in outputs.items()}))
 
 # %% [markdown]
 # The first layer agrees almost code for code. Differences then grow with depth, but the float64
 # column grows faster: the integer model is *closer* to the FP32 simulation than the simulation
 # is to itself in another precision. Agreement code by code is therefore not the test of a correct
 # export; the task metric is. A wrong scale, by contrast, shows at its own node at once (a unit test
-# checks that).
+# checks that). The last line compares what a user sees, the logits: their largest and mean difference,
+# their scale, and the share of examples the two models give the same class.
 #
 # ### A trap on this CPU
 #

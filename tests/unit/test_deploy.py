@@ -370,3 +370,15 @@ def test_sentence_pairs_keep_their_segment_ids(tmp_path):
     assert torch.allclose(runtime(**batch).last_hidden_state, want, atol=1e-4)
     assert torch.allclose(runtime(batch["input_ids"], batch["attention_mask"]).last_hidden_state, one_sentence,
                           atol=1e-4)
+
+
+def test_output_agreement_of_a_classifier_counts_the_same_predictions(tmp_path):
+    from outlierbook.deploy.agreement import output_agreement
+
+    torch.manual_seed(0)
+    model = tf.BertForSequenceClassification(tf.BertConfig(**SMALL, num_labels=3)).eval()
+    path = deploy.export(model, _batch(0), tmp_path / "fp.onnx")
+    found = output_agreement(model, path, _batch(1))
+    assert found["same_prediction"] == 1.0 and found["max"] < 1e-4 * max(found["scale"], 1.0)
+    encoder_path = deploy.export(_encoder(), _batch(0), tmp_path / "encoder.onnx")
+    assert "same_prediction" not in output_agreement(_encoder(), encoder_path, _batch(1))  # hidden states, no classes

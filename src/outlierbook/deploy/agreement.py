@@ -80,12 +80,16 @@ def node_agreement(qm, path, batch: dict, threads: int = 1) -> pd.DataFrame:
 
 
 def output_agreement(qm, path, batch: dict, threads: int = 1) -> dict:
-    """Largest and mean absolute difference of the model's first output between the two worlds."""
+    """Largest and mean absolute difference of the model's first output between the two worlds, the largest
+    output magnitude for scale, and for a classifier the share of examples given the same class."""
     with torch.no_grad():
         ref = qm(**batch)[0].numpy()
     out = run(session(path, threads), batch)
     diff = np.abs(out - ref)
-    return {"max": float(diff.max()), "mean": float(diff.mean()), "scale": float(np.abs(ref).max())}
+    found = {"max": float(diff.max()), "mean": float(diff.mean()), "scale": float(np.abs(ref).max())}
+    if ref.ndim == 2:  # a classifier's logits: does the integer model predict the same class?
+        found["same_prediction"] = float((out.argmax(-1) == ref.argmax(-1)).mean())
+    return found
 
 
 __all__ = ["compare_codes", "node_agreement", "output_agreement", "precision_agreement", "simulated_codes"]
