@@ -105,3 +105,21 @@ def test_stored_tables_rebuild_seed_means_and_figure_rows_from_a_stored_run():
     assert out["table2"].loc["v", "n_seeds"] == 2
     assert out["figure6"]["seq_len"].tolist() == [32] and "experiment" not in out["figure6"]
     assert qx.stored_tables(pd.DataFrame()) == {}
+
+
+def test_live_row_hooks_go_when_the_block_ends():
+    from outlierbook.models.attention_variants import attention_modules
+    from outlierbook.models.pretrain import build_model
+
+    tok, train, _ = tiny_corpus(300, 300, 4)
+    cfg = PretrainConfig(hidden=32, layers=2, heads=2, ffn=64, seq_len=16)
+    model = build_model(cfg, len(tok), tok.pad_token_id).eval()
+    ids = train[:2]
+    try:
+        with qx.live_row_shares(model) as shares:
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+            raise RuntimeError("stop")
+    except RuntimeError:
+        pass
+    assert len(shares) == 2 and shares == [1.0, 1.0]
+    assert all(not m._forward_hooks for m in attention_modules(model))

@@ -3,6 +3,7 @@ tracking, and the evaluation of a trained model (FP perplexity, outlier statisti
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -31,23 +32,28 @@ def corpus(cfg: PretrainConfig, eval_blocks: int | None = 256):
     return tok, train, test if eval_blocks is None else test[:eval_blocks]
 
 
+@contextlib.contextmanager
+def live_row_shares(model):
+    """Within the block, every attention module's forward appends the share of its rows that keep any
+    non-zero probability (``live_rows``, notes §3.7) to the yielded list; the hooks go when the block ends."""
+    shares: list[float] = []
+    hooks = [m.register_forward_hook(lambda mod, args, out: shares.append(live_rows(out[1])))
+             for m in attention_modules(model)]
+    try:
+        yield shares
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 @torch.no_grad()
 def live_row_share_at_init(cfg: PretrainConfig, tok, blocks: torch.Tensor, n: int = 8) -> float:
     """Share of attention rows with any non-zero probability in the freshly initialised model (notes §3.7)."""
     model = build_model(cfg, len(tok), tok.pad_token_id).eval()
-    shares = []
-
-    def grab(module, args, out):
-        shares.append(live_rows(out[1]))
-
-    hooks = [m.register_forward_hook(grab) for m in attention_modules(model)]
-    try:
-        gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    with live_row_shares(model) as shares:
         model(**{k: v for k, v in make_batch(blocks, torch.arange(min(n, len(blocks))), cfg, tok, gen).items()
                  if k != "labels"})
-    finally:
-        for h in hooks:
-            h.remove()
     return sum(shares) / len(shares)
 
 
@@ -62,14 +68,8 @@ def train_with_tracking(cfg: PretrainConfig, tok, train: torch.Tensor, test: tor
     probe = held_out_batches(test, n=1)
 
     def track(model):
-        shares = []
-        hooks = [m.register_forward_hook(lambda mod, args, out: shares.append(live_rows(out[1])))
-                 for m in attention_modules(model)]
-        try:
+        with live_row_shares(model) as shares:
             s = outlier_stats(model, probe)
-        finally:
-            for h in hooks:
-                h.remove()
         return {**{k: s[k] for k in ("max_inf_norm", "avg_kurtosis", "max_kurtosis")},
                 "live_rows": sum(shares) / len(shares)}
 
