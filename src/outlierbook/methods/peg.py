@@ -22,7 +22,6 @@ from ..analysis.capture import record
 from ..quant.fake_quant import FakeQuantizer
 from ..quant.granularity import Granularity
 from ..quant.nodes import QuantizedModel
-from ..quant.quantizer import fake_quantize
 
 FFN_KINDS = ("attention.ln", "ffn.output", "ffn.residual")  # FFN input, output and residual sum
 
@@ -56,11 +55,8 @@ def group_indices(quantizer: FakeQuantizer, channels: int) -> list[torch.Tensor]
 
 
 def grouped_linear_forward(linear: torch.nn.Linear, x: torch.Tensor, quantizer: FakeQuantizer) -> torch.Tensor:
-    """$\\sum_k \\mathrm{Linear}_k(Q_k(x_{G_k}))$: K per-tensor quantized partial products, summed."""
-    out = None
-    scale, zero = quantizer.current_qparams(x)
-    for k, idx in enumerate(group_indices(quantizer, x.shape[-1])):
-        xk = fake_quantize(x[..., idx], scale[k], zero[k], quantizer.grid.qmin, quantizer.grid.qmax)  # per tensor
-        part = xk @ linear.weight[:, idx].T
-        out = part if out is None else out + part
-    return out + linear.bias if linear.bias is not None else out
+    """$\\sum_k \\mathrm{Linear}_k(Q_k(x_{G_k}))$: K per-tensor quantized partial products, summed. The same
+    module the integer export runs (:class:`outlierbook.deploy.grouped.GroupedLinear`), here with an FP32 weight."""
+    from ..deploy.grouped import GroupedLinear
+
+    return GroupedLinear(linear.weight, linear.bias, None, quantizer)(x)
