@@ -108,7 +108,7 @@ def test_stored_tables_rebuild_seed_means_and_figure_rows_from_a_stored_run():
 
 
 def test_live_row_hooks_go_when_the_block_ends():
-    from outlierbook.models.attention_variants import attention_modules
+    from outlierbook.models.attention_variants import attention_modules, live_row_shares
     from outlierbook.models.pretrain import build_model
 
     tok, train, _ = tiny_corpus(300, 300, 4)
@@ -116,7 +116,7 @@ def test_live_row_hooks_go_when_the_block_ends():
     model = build_model(cfg, len(tok), tok.pad_token_id).eval()
     ids = train[:2]
     try:
-        with qx.live_row_shares(model) as shares:
+        with live_row_shares(model) as shares:
             model(input_ids=ids, attention_mask=torch.ones_like(ids))
             raise RuntimeError("stop")
     except RuntimeError:

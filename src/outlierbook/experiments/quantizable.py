@@ -3,7 +3,6 @@ tracking, and the evaluation of a trained model (FP perplexity, outlier statisti
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -15,7 +14,7 @@ from ..analysis.lm_outliers import outlier_stats
 from ..atomic import atomic_write_text
 from ..data.corpus import training_texts, wikitext2
 from ..errors import ConfigError
-from ..models.attention_variants import attention_modules, live_rows
+from ..models.attention_variants import live_row_shares
 from ..models.lm_eval import perplexity
 from ..models.pretrain import PretrainConfig, build_model, make_batch, pretrain, token_blocks
 from ..models.tokenizer import train_tokenizer
@@ -30,20 +29,6 @@ def corpus(cfg: PretrainConfig, eval_blocks: int | None = 256):
     wiki = [p for p in wikitext2("test").split("\n \n") if p.strip()]
     test = token_blocks(tok, wiki, cfg.seq_len)
     return tok, train, test if eval_blocks is None else test[:eval_blocks]
-
-
-@contextlib.contextmanager
-def live_row_shares(model):
-    """Within the block, every attention module's forward appends the share of its rows that keep any
-    non-zero probability (``live_rows``, notes §3.7) to the yielded list; the hooks go when the block ends."""
-    shares: list[float] = []
-    hooks = [m.register_forward_hook(lambda mod, args, out: shares.append(live_rows(out[1])))
-             for m in attention_modules(model)]
-    try:
-        yield shares
-    finally:
-        for h in hooks:
-            h.remove()
 
 
 @torch.no_grad()

@@ -22,6 +22,8 @@ library's modeling code is used as it is: gates become submodules of each self-a
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 from dataclasses import dataclass
 
@@ -148,6 +150,20 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
     from .anatomy import anatomy
 
     return [layer.attention for layer in anatomy(model).layers]
+
+
+@contextlib.contextmanager
+def live_row_shares(model):
+    """Within the block, every attention module's forward appends the share of its rows that keep any
+    non-zero probability (``live_rows``, notes §3.7) to the yielded list; the hooks go when the block ends."""
+    shares: list[float] = []
+    hooks = [m.register_forward_hook(lambda mod, args, out: shares.append(live_rows(out[1])))
+             for m in attention_modules(model)]
+    try:
+        yield shares
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def install(model: nn.Module, variant: AttentionVariant) -> nn.Module:
