@@ -75,6 +75,15 @@ def _fmt(value) -> str:
 
 
 _UNSET = object()
+
+
+def model_of(recorder) -> str:
+    """The short name of the model a chapter's claims were measured on (its ``model`` parameter; the
+    embedded default when it has none), so the scorecard can give each model its own column."""
+    from .models.load import EMBEDDED, short_name
+
+    params = getattr(recorder, "params", None) or {}
+    return short_name(str(params.get("model") or EMBEDDED))
 VERDICT_WORDS = {True: "HOLDS", False: "DOES NOT HOLD", None: "NOT TESTABLE HERE"}
 
 
@@ -102,6 +111,7 @@ def check(recorder, claim_id: str, ours, paper, holds, note: str = "", old_rule=
         "holds": holds,
         "note": note,
         "profile": getattr(recorder, "profile", None),
+        "model": model_of(recorder),
     }
     if old_rule is not _UNSET:
         record["holds_old_rule"] = None if old_rule is None else bool(old_rule)

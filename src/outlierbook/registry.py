@@ -119,6 +119,17 @@ CHAPTERS: tuple[Chapter, ...] = (
         profiles={"quick": {}, "full": {"tasks": ["stsb", "sst2", "mrpc", "rte"], "eval_limit": None, "n_calib": 256,
                                         "twc_max_candidates": None, "latency_rounds": 20, "latency_threads": [1, 2]}},
     ),
+    Chapter(
+        id="10_base_size",
+        title="Does it hold at base size?",
+        timeout=6 * 3600,  # full profile: each table's cell runs every seed on two tasks of a 110 M model
+        needs=("sst2",),  # MiniLM's SST-2 classifier for the anatomy beside MPNet's (full profile)
+        profiles={"quick": {}, "full": {
+            "tasks": ["stsb", "sst2"], "eval_limit": None, "n_sentences": 256, "n_calib": 256, "calib_batch_size": 32,
+            "sweep_wrappers": [[8, 8], [6, 6], [4, 8]], "seeds": [0, 1, 2], "perm_examples": 64,
+            "os_bits": ["6-6-6", "8-8-8"], "twc_max_candidates": None, "twc_fine_epochs": 3,
+            "naq_qp": [-1.0, 0.0], "naq_as": [-1.0], "naq_sum": [1600.0, 12800.0]}},
+    ),
 )
 
 

@@ -24,6 +24,8 @@ from .data.glue import TASKS
 from .paths import claims_file, repo_root
 from .registry import CHAPTERS
 
+PRIMARY = "all-MiniLM-L6-v2"  # the embedded default every chapter runs; other models get a column each
+
 GENERATED = Path("book") / "_generated" / "scorecard.md"
 VERDICTS = {True: "holds", False: "does not hold", None: "not testable here"}
 _ID = re.compile(r"\b([A-Z]{2,4})-(\d+)\b")
@@ -96,11 +98,38 @@ def averages_tasks(rule: str, stored_claim: dict) -> bool:
     return "average" in rule.lower() or (("mean" in note or "average" in note) and sum(t in note for t in TASKS) >= 2)
 
 
-def stored_claims(root: Path | None = None) -> dict[str, dict]:
-    """Per claim id, the record it was last decided by: the full profile's if any chapter ran it, else the
-    quick profile's; with the chapter, the profile and the run's finish date."""
+def claim_model(record: dict) -> str:
+    """The model a stored claim was measured on (records written before models were recorded: the default)."""
+    return record.get("model") or PRIMARY
+
+
+def models_checked(root: Path | None = None) -> list[str]:
+    """Every model some chapter stored a claim check for, the book's default first."""
+    found = {claim_model(c) for c in _all_stored(root)}
+    return [PRIMARY] + sorted(found - {PRIMARY})
+
+
+def _all_stored(root: Path | None):
     from .results import InconsistentResultsError, OutlierBookError, load
 
+    for profile in ("quick", "full"):
+        for chapter in CHAPTERS:
+            try:
+                stored = load(chapter.id, profile, root=root)
+            except InconsistentResultsError:
+                raise
+            except OutlierBookError:
+                continue
+            yield from stored["claims"]
+
+
+def stored_claims(root: Path | None = None, model: str | None = None) -> dict[str, dict]:
+    """Per claim id, the record it was last decided by on ``model`` (default: the book's embedded model): the
+    full profile's if any chapter ran it, else the quick profile's; with the chapter, the profile and the
+    run's finish date."""
+    from .results import InconsistentResultsError, OutlierBookError, load
+
+    model = model or PRIMARY
     found: dict[str, dict] = {}
     for profile in ("quick", "full"):  # full overwrites quick
         for chapter in CHAPTERS:
@@ -111,6 +140,8 @@ def stored_claims(root: Path | None = None) -> dict[str, dict]:
             except OutlierBookError:
                 continue
             for c in stored["claims"]:
+                if claim_model(c) != model:
+                    continue
                 found[c["id"]] = {**c, "chapter": chapter.id, "profile": profile,
                                   "finished": str(stored["run"].get("finished_utc", ""))[:10]}
     return found
@@ -123,11 +154,12 @@ def _ours(value, width: int = 90) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def rows(root: Path | None = None, ledger_text: str | None = None) -> list[dict]:
-    """One row per ledger claim, in ledger order."""
+def rows(root: Path | None = None, ledger_text: str | None = None, model: str | None = None) -> list[dict]:
+    """One row per ledger claim, in ledger order, with the verdict stored for ``model`` (default: the
+    book's embedded model)."""
     text = ledger_text if ledger_text is not None else claims_file().read_text(encoding="utf-8")
     changes = ledger_changes(text)
-    stored = stored_claims(root)
+    stored = stored_claims(root, model)
     out = []
     for claim_id, claim in parse_ledger(text).items():
         s = stored.get(claim_id)
@@ -161,9 +193,15 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _summary(n: dict) -> str:
+    return (f"**{n['holds']} hold**, **{n['does not hold']} do not hold**, **{n['not testable here']} not "
+            f"testable here**")
+
+
 def fragment(root: Path | None = None) -> str:
     table = rows(root)
     n = counts(table)
+    others = {m: rows(root, model=m) for m in models_checked(root)[1:]}
     quick_only = sorted(r["id"] for r in table if r["where"].endswith("(quick)"))
     head = (f"**{len(table)} claims.** Current verdicts: **{n['holds']} hold**, **{n['does not hold']} do not "
             f"hold**, **{n['not testable here']} not testable here**. **{n['re-run pending']}** were decided "
@@ -173,11 +211,21 @@ def fragment(root: Path | None = None) -> str:
     if quick_only:
         head += (f" Decided on the quick profile only (its numbers exercise the code, they are not the "
                  f"book's results): {', '.join(quick_only)}.")
-    lines = ["| id | claim | paper's evidence | ours | verdict | old rule's verdict | why | chapter |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in table:
-        lines.append("| " + " | ".join(_cell(r[k]) for k in ("id", "claim", "paper", "ours", "verdict", "old_rule",
-                                                               "why", "where")) + " |")
+    for m, other in others.items():
+        checked = [r for r in other if r["status"] != "not yet checked"]
+        head += (f"\n\nOn **{m}** ({len(checked)} claims checked, column \"{m}\"): {_summary(counts(other))}"
+                 + (f", {counts(other)['re-run pending']} re-run pending" if counts(other)["re-run pending"] else "")
+                 + ". The other columns are the book's default model, " + PRIMARY + ".")
+    extra = list(others)
+    lines = ["| id | claim | paper's evidence | ours | verdict | old rule's verdict | why | chapter |"
+             + "".join(f" {m} |" for m in extra),
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(extra)]
+    for i, r in enumerate(table):
+        cells = [_cell(r[k]) for k in ("id", "claim", "paper", "ours", "verdict", "old_rule", "why", "where")]
+        for m in extra:
+            o = others[m][i]
+            cells.append("—" if o["status"] == "not yet checked" else _cell(f"{o['verdict']} ({o['where']})"))
+        lines.append("| " + " | ".join(cells) + " |")
     return head + "\n\n" + "\n".join(lines) + "\n"
 
 

@@ -54,3 +54,12 @@ def test_the_sweep_reports_each_settings_mean_and_spread_over_seeds(tiny_bert, m
     resumed = problem.weight_act_sweep(setup, seeds=[0, 1], memo=Memo("02_the_problem", "full")).set_index("setting")
     assert len(made) == n  # every (wrapper, seed) came from the memo
     assert resumed[["value", "std"]].fillna(-1).equals(both[["value", "std"]].fillna(-1))
+
+
+def test_the_sweep_runs_only_the_wrappers_asked_for_and_refuses_unknown_ones(tiny_bert, monkeypatch):
+    setup, batch = _setup(tiny_bert)
+    monkeypatch.setattr(problem, "calibration_batches", lambda *a, **k: [batch])
+    some = problem.weight_act_sweep(setup, wrappers=[[8, 8], (4, 8)])
+    assert list(some["setting"]) == ["FP32", "W8A8", "W32A8", "W8A32", "W4A8", "W4A32"]
+    with pytest.raises(problem.ConfigError, match=r"unknown wrapper\(s\) \[\(5, 5\)\]"):
+        problem.weight_act_sweep(setup, wrappers=[(5, 5)])

@@ -63,3 +63,27 @@ def test_a_rerun_under_a_changed_rule_shows_both_verdicts(tmp_path, capsys):
     rec.save()
     row = {r["id"]: r for r in scorecard.rows(root=tmp_path)}["OS-7"]
     assert row["verdict"] == "holds" and row["old_rule"] == "does not hold"
+
+
+def test_claims_on_another_model_get_their_own_column_and_never_replace_the_defaults(tmp_path):
+    """A chapter run with ``model=...`` records its claims under that model: the scorecard's main verdict stays
+    the default model's, and the other model's verdict appears in its own column."""
+    from outlierbook import claims, results
+
+    default = results.Recorder("05_outlier_suppression", "full", params={"model": "all-MiniLM-L6-v2"}, root=tmp_path)
+    assert claims.check(default, "OS-7", ours={"x": 1.0}, paper="p", holds=True)["model"] == "all-MiniLM-L6-v2"
+    default.save()
+    base = results.Recorder("10_base_size", "full", params={"model": "sentence-transformers/all-mpnet-base-v2"},
+                            root=tmp_path)
+    assert claims.check(base, "OS-7", ours={"x": 2.0}, paper="p", holds=False)["model"] == "all-mpnet-base-v2"
+    base.save()
+    assert scorecard.models_checked(tmp_path) == ["all-MiniLM-L6-v2", "all-mpnet-base-v2"]
+    assert {r["id"]: r for r in scorecard.rows(root=tmp_path)}["OS-7"]["verdict"] == "holds"
+    other = {r["id"]: r for r in scorecard.rows(root=tmp_path, model="all-mpnet-base-v2")}
+    assert other["OS-7"]["verdict"] == "does not hold" and other["OS-1"]["status"] == "not yet checked"
+    text = scorecard.fragment(tmp_path)
+    header = next(line for line in text.splitlines() if line.startswith("| id |"))
+    assert header.endswith("| all-mpnet-base-v2 |")
+    os7 = next(line for line in text.splitlines() if line.startswith("| OS-7 |"))
+    assert "| holds |" in os7 and os7.endswith("| does not hold ({doc}`/notebooks/10_base_size` (full)) |")
+    assert "On **all-mpnet-base-v2** (1 claims checked" in text

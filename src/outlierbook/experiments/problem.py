@@ -8,6 +8,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..analysis.sensitivity import fp32_kinds, node_cosine
+from ..errors import ConfigError
 from ..memo import kept
 from ..models.tasks import TaskSetup
 from ..nbsetup import progress_enabled
@@ -25,18 +26,23 @@ SWEEP = {
 
 
 def weight_act_sweep(setup: TaskSetup, n_calib: int = 256, seeds=(0,), placement: str = "bondarenko",
-                     act_estimator="avg_minmax", batch_size: int = 32, memo=None) -> pd.DataFrame:
-    """Metric of every setting in :data:`SWEEP` over calibration seeds, plus FP32.
+                     act_estimator="avg_minmax", batch_size: int = 32, memo=None, wrappers=None) -> pd.DataFrame:
+    """Metric of every setting in :data:`SWEEP` (or of the ``wrappers``, a subset of its keys such as
+    ``[(8, 8), (6, 6)]``) over calibration seeds, plus FP32.
 
     One row per setting: ``value`` is the mean over seeds, beside ``std``, ``median`` and ``n_seeds``
     (see :mod:`outlierbook.seeds`). With a :class:`~outlierbook.memo.Memo`, each (wrapper, seed) is kept
     on disk, so a stopped full run resumes there.
     """
+    wrappers = list(SWEEP) if wrappers is None else [tuple(w) for w in wrappers]
+    unknown = [w for w in wrappers if w not in SWEEP]
+    if unknown:
+        raise ConfigError(f"unknown wrapper(s) {unknown}; use (weight bits, activation bits) among {list(SWEEP)}")
     rows = [{"task": setup.task, "setting": "FP32", "metric": setup.metric, "value": setup.score(), "std": math.nan,
              "median": math.nan, "n_seeds": 1}]
     rows[0]["median"] = rows[0]["value"]
     per_setting: dict[str, list[float]] = {}
-    jobs = [(bits, seed) for bits in SWEEP for seed in seeds]
+    jobs = [(bits, seed) for bits in wrappers for seed in seeds]
     for (wb, ab), seed in tqdm(jobs, desc=f"PTQ sweep {setup.task}", disable=not progress_enabled()):
         def run(wb=wb, ab=ab, seed=seed):
             batches = calibration_batches(setup.calibration, setup.tokenizer, n_calib, batch_size, seed)

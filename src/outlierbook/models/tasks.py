@@ -276,20 +276,26 @@ def subsample(data: TaskData, limit: int | None, seed: int = 0) -> TaskData:
 
 
 def task_setup(task: str, profile: str, model: str = EMBEDDED, split: str = "dev", eval_limit: int | None = None,
-               data_source: str = "local", seed: int = 0, stsb_head: bool = False) -> TaskSetup:
+               data_source: str = "local", seed: int = 0, stsb_head: bool = False,
+               head: FinetuneConfig | None = None) -> TaskSetup:
     """FP model, evaluation data, calibration pool and metric of one task.
 
     STS-B is zero-shot on the bare encoder unless ``stsb_head=True``: then a regression head is
     fine-tuned on STS-B's training pairs (cached like the classifiers) and evaluated by Spearman.
+    ``head`` replaces the profile's fine-tuning budget (:func:`budget`) with another run, e.g. a shorter
+    one for a larger model; it must name the same model and task.
     """
+    if head is not None and (short_name(head.model) != short_name(model) or head.task != task_spec(task).name):
+        raise ConfigError(f"head fine-tunes {head.model} on {head.task}, but the setup is {model} on {task}; "
+                          f"pass a FinetuneConfig with model={model!r} and task={task_spec(task).name!r}")
     spec = task_spec(task)
     tokenizer = load_tokenizer(model)
     eval_data = subsample(load_task(spec.name, split, source=data_source), eval_limit, seed)
     train = load_task(spec.name, "train", source=data_source)
     if spec.name == "stsb" and stsb_head:
-        cfg = budget("stsb", profile, model=model, seed=seed)
-        head = get_finetuned(cfg, data_source=data_source)
-        return TaskSetup("stsb", head, tokenizer, eval_data, train, "spearman", checkpoint=cfg.key())
+        cfg = head or budget("stsb", profile, model=model, seed=seed)
+        regressor = get_finetuned(cfg, data_source=data_source)
+        return TaskSetup("stsb", regressor, tokenizer, eval_data, train, "spearman", checkpoint=cfg.key())
     if spec.name == "stsb":
         from .load import load_encoder
 
@@ -297,6 +303,6 @@ def task_setup(task: str, profile: str, model: str = EMBEDDED, split: str = "dev
         calibration = TaskData("stsb", "train", sentences, None, [0.0] * len(sentences))
         return TaskSetup("stsb", load_encoder(model), tokenizer, eval_data, calibration, "spearman", zero_shot=True,
                          checkpoint="encoder")
-    cfg = budget(spec.name, profile, model=model, seed=seed)
-    head = get_finetuned(cfg, data_source=data_source)
-    return TaskSetup(spec.name, head, tokenizer, eval_data, train, "accuracy", checkpoint=cfg.key())
+    cfg = head or budget(spec.name, profile, model=model, seed=seed)
+    classifier = get_finetuned(cfg, data_source=data_source)
+    return TaskSetup(spec.name, classifier, tokenizer, eval_data, train, "accuracy", checkpoint=cfg.key())
