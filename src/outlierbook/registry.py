@@ -127,7 +127,7 @@ CHAPTERS: tuple[Chapter, ...] = (
         profiles={"quick": {}, "full": {
             "tasks": ["stsb", "sst2"], "eval_limit": None, "n_sentences": 256, "n_calib": 256, "calib_batch_size": 32,
             "sweep_wrappers": [[8, 8], [6, 6], [4, 8]], "seeds": [0, 1, 2], "perm_examples": 64,
-            "os_bits": ["6-6-6", "8-8-8"], "twc_max_candidates": None, "twc_fine_epochs": 3,
+            "os_bits": ["6-6-6", "8-8-8"], "twc_max_candidates": 10, "twc_fine_epochs": 1,
             "naq_qp": [-1.0, 0.0], "naq_as": [-1.0], "naq_sum": [1600.0, 12800.0]}},
     ),
 )

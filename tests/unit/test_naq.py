@@ -147,3 +147,30 @@ def test_naq_executing_restores_the_model_even_when_the_block_fails():
                 raise RuntimeError("a failure inside the block")
         assert model.config._attn_implementation != "outlierbook"
         assert torch.equal(model(**batch).last_hidden_state, ref)
+
+
+def test_a_resumed_naq_sweep_recomputes_no_point(monkeypatch, tmp_path):
+    """Each threshold point is kept by the memo: a second sweep reads every point back (infinite thresholds
+    included) and computes nothing."""
+    import types
+
+    from outlierbook.experiments import naq as nx
+    from outlierbook.memo import Memo
+
+    monkeypatch.setenv("OUTLIERBOOK_CACHE", str(tmp_path))
+    calls = []
+
+    def point(setup, t_qp, t_as, t_sum, **kw):
+        calls.append((t_qp, t_as, t_sum))
+        return {"task": setup.task, "t_qp": t_qp, "t_as": t_as, "t_sum": t_sum, "value": 80.0 + t_qp if t_qp > -1e9
+                else 80.0, "avoided_share": 0.3}
+
+    monkeypatch.setattr(nx, "naq_point", point)
+    setup = types.SimpleNamespace(task="stsb", checkpoint="encoder", eval_data=[0] * 5)
+    first = nx.sweep(setup, [-1.0, 0.0], [-1.0], [1600.0], combined_pairs=[(-1.0, 1600.0)], memo=Memo("07_naq", "full"))
+    n = len(calls)
+    assert n == 5  # two T_QP alone, one (T_AS, T_sum), two combined
+    again = nx.sweep(setup, [-1.0, 0.0], [-1.0], [1600.0], combined_pairs=[(-1.0, 1600.0)], memo=Memo("07_naq", "full"))
+    assert len(calls) == n and again.equals(first)
+    nx.sweep(setup, [-1.0, 0.0], [-1.0], [1600.0], combined_pairs=[(-1.0, 1600.0)], memo=Memo("07_naq", "full"), bits=3)
+    assert len(calls) == 2 * n  # another bit-width is another experiment

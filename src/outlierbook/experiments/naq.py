@@ -47,14 +47,26 @@ def naq_point(setup, t_qp=-INF, t_as=-INF, t_sum=INF, bits: int = 4, max_input: 
             "energy_vs_int8": relative_energy(m["pre_macs"], m["other_macs"], p, "int8")}
 
 
-def sweep(setup, qp_values, as_values, sum_values, combined_pairs=(), **kw) -> pd.DataFrame:
+def sweep(setup, qp_values, as_values, sum_values, combined_pairs=(), memo=None, **kw) -> pd.DataFrame:
     """T_QP alone (attention in FP), (T_AS, T_sum) alone (FFN in FP), and every T_QP with each
-    ``(T_AS, T_sum)`` of ``combined_pairs``."""
+    ``(T_AS, T_sum)`` of ``combined_pairs``. With a :class:`~outlierbook.memo.Memo`, each point is kept on disk
+    (a stopped full run resumes at the point in progress)."""
+    from ..memo import kept
+
     points = [(q, -INF, INF) for q in qp_values] + [(-INF, a, s) for a in as_values for s in sum_values]
     points += [(q, a, s) for q, (a, s) in itertools.product(qp_values, combined_pairs) if q != -INF]
     points = list(dict.fromkeys(points))
-    rows = [naq_point(setup, *p, **kw) for p in tqdm(points, desc=f"NAQ sweep {setup.task}", disable=not progress_enabled())]
+    rows = []
+    for p in tqdm(points, desc=f"NAQ sweep {setup.task}", disable=not progress_enabled()):
+        key = {"experiment": "naq_point", "thresholds": [str(v) for v in p], **{k: v for k, v in sorted(kw.items())}}
+        row = kept(memo, setup, key, lambda p=p: naq_point(setup, *p, **kw))
+        # a stored point comes back with its keys sorted: put them in naq_point's order
+        rows.append({**{k: row[k] for k in POINT_ORDER if k in row}, **row})
     return pd.DataFrame(rows)
+
+
+POINT_ORDER = ("task", "t_qp", "t_as", "t_sum", "value", "pre_macs", "other_macs", "avoided_share", "share_ffn",
+               "share_attention", "pre_share_of_all", "energy_vs_fp16", "energy_vs_int8")
 
 
 def best_within(df: pd.DataFrame, fp_value: float, max_drop: float) -> pd.Series | None:
