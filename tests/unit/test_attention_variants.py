@@ -161,3 +161,73 @@ def test_gamma_scale_zero_gives_softmax_and_one_the_configured_gamma():
     assert torch.allclose(bert(**batch).last_hidden_state, clipped, atol=0)
     with pytest.raises(ConfigError):
         set_gamma_scale(bert, 1.5)
+
+
+def test_softmax_plus_one_is_softmax_with_a_zero_logit_zero_value_key():
+    """softmax₁ over the keys = softmax over the keys plus one extra key (logit 0, value 0), that key dropped:
+    probabilities and the context they weight, on large and small logits and with masked keys."""
+    from outlierbook.models.attention_variants import softmax_plus_one
+
+    torch.manual_seed(0)
+    for scale in (0.1, 3.0, 60.0):  # 60: e^x overflows float32 without the max shift
+        x = torch.randn(2, 3, 5, 7) * scale
+        x[0, :, :, 5:] = torch.finfo(torch.float32).min  # masked keys, as the additive mask writes them
+        v = torch.randn(2, 3, 7, 4)
+        sink = torch.cat([x, torch.zeros(2, 3, 5, 1)], dim=-1)
+        reference = torch.softmax(sink.double(), dim=-1)
+        p = softmax_plus_one(x)
+        assert torch.allclose(p.double(), reference[..., :7], rtol=1e-5, atol=1e-7)
+        v_sink = torch.cat([v, torch.zeros(2, 3, 1, 4)], dim=-2)
+        assert torch.allclose((p @ v).double(), reference @ v_sink.double(), rtol=1e-4, atol=1e-6)
+        assert (p.sum(-1) <= 1 + 1e-6).all() and torch.isfinite(p).all()
+        if scale < 1:
+            assert (p.sum(-1) < 0.95).all()  # small logits: the sink keeps a visible share of the mass
+    dead = softmax_plus_one(torch.full((1, 4), torch.finfo(torch.float32).min))
+    assert torch.equal(dead, torch.zeros(1, 4))  # a fully masked row gives zeros, not NaN
+
+
+def test_the_plus_one_variant_runs_in_the_model_and_lowers_attention_mass():
+    batch = _batch()
+    bert = _bert()
+    ref = bert(**batch).last_hidden_state
+    install(bert, AttentionVariant(softmax="plus_one"))
+    from outlierbook.models.attention_variants import live_row_shares
+
+    out = bert(**batch).last_hidden_state
+    assert torch.isfinite(out).all() and not torch.allclose(out, ref)
+    with live_row_shares(bert) as shares:
+        bert(**batch)
+    assert shares and all(s == 1.0 for s in shares)  # nothing is clipped: every row keeps some mass
+    with pytest.raises(ConfigError, match="unknown softmax 'plus_two'"):
+        AttentionVariant(softmax="plus_two")
+
+
+def test_a_nearly_open_gate_starts_at_the_pretrained_function():
+    """The retrofit gate: zero weights, bias logit(π_init); at step 0 the model's output is within 1e-3 of the
+    pretrained model's, and the gate is trainable."""
+    from outlierbook.models.attention_variants import nearly_open_gate
+
+    batch = _batch()
+    bert = _bert()
+    m = batch["attention_mask"].bool()
+    ref = bert(**batch).last_hidden_state[m]
+    variant = nearly_open_gate()
+    assert variant.gate == "linear" and variant.gate_init_std == 0.0
+    install(bert, variant)
+    out = bert(**batch).last_hidden_state[m]
+    assert (out - ref).abs().max() <= 1e-3
+    gates = [layer.attention.self.outlierbook_gate for layer in bert.encoder.layer]
+    assert all(torch.equal(g.weight, torch.zeros_like(g.weight)) and g.weight.requires_grad for g in gates)
+    assert torch.allclose(torch.sigmoid(gates[0].bias), torch.full_like(gates[0].bias, 0.9999))
+    with pytest.raises(ConfigError, match="nearly open gate"):
+        nearly_open_gate(0.2)
+    with pytest.raises(ConfigError, match="gate_init_std must be >= 0"):
+        AttentionVariant(gate="linear", gate_init_std=-1.0)
+
+
+def test_pretraining_keys_do_not_move_for_the_default_gate_noise():
+    from outlierbook.models.pretrain import PretrainConfig
+
+    default = PretrainConfig(variant=AttentionVariant(gate="linear"))
+    assert PretrainConfig(variant=AttentionVariant(gate="linear", gate_init_std=0.01)).key() == default.key()
+    assert PretrainConfig(variant=AttentionVariant(gate="linear", gate_init_std=0.0)).key() != default.key()

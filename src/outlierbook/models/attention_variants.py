@@ -6,12 +6,19 @@ zero, so a head can attend to nothing without pushing a score to $-\infty$ (the 
 $\zeta > 1$ large ones reach exactly one. The authors parameterise $\gamma = -\alpha/T$ with $T$ the
 configured sequence length. Zeros appear wherever $\mathrm{softmax} < -\gamma/(\zeta-\gamma)$.
 
+**Softmax + 1** (``softmax="plus_one"``; proposed outside the four papers, never measured against their
+outlier metrics): $\mathrm{softmax}_1(x)_i = e^{x_i} / (1 + \sum_j e^{x_j})$, which is the softmax over the keys
+plus one extra key with logit 0 and a zero value vector, dropped from the output. Its probabilities need not
+sum to one, so a head can put its leftover mass on that implicit sink instead of on a delimiter whose value
+it has to shrink — the no-op mechanism the 2023 paper blames for the outliers, without clipping.
+
 **Gated attention**: each head's context (probabilities × values) is multiplied by a gate
 $\pi = \sigma(G(x)) \in (0, 1)$ computed from the layer input $x$, before the heads are merged:
 
 - ``"linear"`` (the paper's default, *conditional per token*): head $h$ has its own
   $\mathrm{Linear}(d_{head}\to 1)$ on its $d_{head}$-slice of $x$; bias initialised to
-  $\mathrm{logit}(\pi_{init})$, weights to zero-mean noise, so the initial gate is $\approx\pi_{init}$;
+  $\mathrm{logit}(\pi_{init})$, weights to zero-mean noise of std ``gate_init_std`` (0.01; 0 makes the
+  initial gate exactly $\pi_{init}$ on every token, see :func:`nearly_open_gate`);
 - ``"mlp"``: $\mathrm{Linear}(d_{head}, d_{head}/4) \to \mathrm{ReLU} \to \mathrm{Linear}(\cdot, 1)$ per head;
 - ``"all_heads_linear"``: one $\mathrm{Linear}(d\to H)$ on all features.
 
@@ -33,11 +40,20 @@ from torch import nn
 from ..errors import ConfigError
 
 GATES = ("linear", "mlp", "all_heads_linear")
+SOFTMAXES = ("vanilla", "clipped", "plus_one")
 
 
 def clipped_softmax(x: torch.Tensor, dim: int = -1, gamma: float = 0.0, zeta: float = 1.0) -> torch.Tensor:
     """$\\mathrm{clip}((\\zeta-\\gamma)\\,\\mathrm{softmax}(x) + \\gamma, 0, 1)$."""
     return torch.clamp((zeta - gamma) * torch.softmax(x, dim=dim) + gamma, 0.0, 1.0)
+
+
+def softmax_plus_one(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """$e^{x_i} / (1 + \sum_j e^{x_j})$, computed stably: with $m = \max(0, \max_j x_j)$,
+    $e^{x_i - m} / (e^{-m} + \sum_j e^{x_j - m})$. A fully masked row gives zeros, not NaN."""
+    m = x.amax(dim=dim, keepdim=True).clamp_min(0.0).detach()
+    e = torch.exp(x - m)
+    return e / (torch.exp(-m) + e.sum(dim=dim, keepdim=True))
 
 
 def gamma_for(alpha: float, seq_len: int) -> float:
@@ -57,7 +73,8 @@ def live_rows(probs: torch.Tensor, row_mask: torch.Tensor | None = None) -> floa
 
 @dataclass(frozen=True)
 class AttentionVariant:
-    """``softmax``: "vanilla" or "clipped" (γ given, or α with T); ``gate``: None or one of :data:`GATES`."""
+    """``softmax``: "vanilla", "clipped" (γ given, or α with T) or "plus_one"; ``gate``: None or one of
+    :data:`GATES`, initialised to ``pi_init`` with weight noise of std ``gate_init_std``."""
 
     softmax: str = "vanilla"
     gamma: float = 0.0
@@ -66,10 +83,13 @@ class AttentionVariant:
     seq_len: int | None = None
     gate: str | None = None
     pi_init: float = 0.5
+    gate_init_std: float = 0.01
 
     def __post_init__(self):
-        if self.softmax not in ("vanilla", "clipped"):
-            raise ConfigError(f"unknown softmax {self.softmax!r}; use 'vanilla' or 'clipped'")
+        if self.softmax not in SOFTMAXES:
+            raise ConfigError(f"unknown softmax {self.softmax!r}; use one of: {', '.join(SOFTMAXES)}")
+        if self.gate_init_std < 0:
+            raise ConfigError(f"gate_init_std must be >= 0, got {self.gate_init_std}")
         if self.gate is not None and self.gate not in GATES:
             raise ConfigError(f"unknown gate {self.gate!r}; use one of: {', '.join(GATES)}")
         if not 0.0 < self.pi_init < 1.0:
@@ -85,7 +105,19 @@ class AttentionVariant:
         """``gamma_scale`` ∈ [0, 1] multiplies γ (the warm-up ramp of :func:`set_gamma_scale`)."""
         if self.softmax == "vanilla":
             return torch.softmax(scores, dim=-1)
+        if self.softmax == "plus_one":
+            return softmax_plus_one(scores, dim=-1)
         return clipped_softmax(scores, -1, gamma_scale * self.effective_gamma, self.zeta)
+
+
+def nearly_open_gate(pi_init: float = 0.9999) -> AttentionVariant:
+    r"""Gated attention for a model that is already trained: the linear gate (the paper's default) starting at
+    $\pi = $ ``pi_init`` on every token (weights zero, bias $\mathrm{logit}(\pi_{init})$), so each head's context
+    is scaled by $\pi_{init}$ and the model starts at (almost) its pretrained function — a change of at most
+    $(1 - \pi_{init})\,\max|	ext{context}|$ in each attention output before the output projection."""
+    if not 0.5 <= pi_init < 1.0:
+        raise ConfigError(f"a nearly open gate starts at pi_init in [0.5, 1), got {pi_init}")
+    return AttentionVariant(gate="linear", pi_init=pi_init, gate_init_std=0.0)
 
 
 def module_probabilities(module: nn.Module, scores: torch.Tensor) -> torch.Tensor:
@@ -110,13 +142,13 @@ def set_gamma_scale(model: nn.Module, scale: float) -> None:
 class AttentionGate(nn.Module):
     """$\\sigma(G(x))$ of shape ``[B, H, T, 1]`` from the layer input ``x`` of shape ``[B, T, d]``."""
 
-    def __init__(self, kind: str, hidden: int, heads: int, pi_init: float = 0.5):
+    def __init__(self, kind: str, hidden: int, heads: int, pi_init: float = 0.5, init_std: float = 0.01):
         super().__init__()
         if hidden % heads:
             raise ConfigError(f"hidden size {hidden} is not divisible by {heads} heads")
         self.kind, self.heads, self.d_head = kind, heads, hidden // heads
         if kind == "linear":
-            self.weight = nn.Parameter(torch.randn(heads, self.d_head) * 0.01)
+            self.weight = nn.Parameter(torch.randn(heads, self.d_head) * init_std)
             self.bias = nn.Parameter(torch.full((heads,), math.log(pi_init / (1 - pi_init))))
         elif kind == "mlp":
             inner = max(self.d_head // 4, 1)
@@ -180,7 +212,8 @@ def install(model: nn.Module, variant: AttentionVariant) -> nn.Module:
         m = layer.attention
         object.__setattr__(m, "outlierbook_variant", variant)
         if variant.gate is not None:
-            m.outlierbook_gate = AttentionGate(variant.gate, anat.hidden, anat.heads, variant.pi_init)
+            m.outlierbook_gate = AttentionGate(variant.gate, anat.hidden, anat.heads, variant.pi_init,
+                                               variant.gate_init_std)
             m.register_forward_pre_hook(stash_input, with_kwargs=True)
     claim(model, "variant", anat)
     return model

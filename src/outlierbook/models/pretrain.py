@@ -72,6 +72,8 @@ class PretrainConfig:
     def key(self) -> str:
         d = asdict(self)
         d.pop("checkpoint_every")  # how often we save does not change the model (resuming is exact)
+        if d["variant"]["gate_init_std"] == AttentionVariant.gate_init_std:
+            del d["variant"]["gate_init_std"]  # keys of runs from before the field existed are unchanged
         digest = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{self.kind}-{self.variant.softmax}-{self.variant.gate or 'nogate'}-{digest}"
 
