@@ -1,5 +1,7 @@
 """Pre-training loop: learns, checkpoints atomically, and resumes to the same result."""
 
+import math
+
 import pytest
 import torch
 
@@ -127,3 +129,41 @@ def test_gamma_ramp_starts_from_softmax_and_ends_at_the_configured_gamma(tok_and
     assert all(m.outlierbook_gamma_scale == 1.0 for m in attention_modules(model))
     with pytest.raises(ConfigError):
         PretrainConfig(gamma_ramp=2.0)
+
+
+def test_retrofitting_starts_from_the_pretrained_encoder_and_trains_the_head_alone_first(tok_and_blocks, tmp_path,
+                                                                                         monkeypatch):
+    """``init``: the pretrained encoder's weights, a new MLM head tied to its word embeddings; for
+    ``freeze_encoder_steps`` only the head moves, then the encoder (and the variant's gates) learn too."""
+    from transformers import BertConfig, BertModel
+
+    from outlierbook.models.attention_variants import nearly_open_gate
+
+    tok, blocks = tok_and_blocks
+    torch.manual_seed(3)
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=16)).save_pretrained(tmp_path / "encoder")
+    pretrained = BertModel.from_pretrained(tmp_path / "encoder")
+    cfg = PretrainConfig(kind="mlm", variant=nearly_open_gate(), init=str(tmp_path / "encoder"), freeze_encoder_steps=3,
+                         seq_len=16, steps=6, batch_size=8, lr=3e-3, checkpoint_every=6, track_every=3)
+    assert cfg.key() != PretrainConfig(kind="mlm", variant=nearly_open_gate(), seq_len=16, steps=6, batch_size=8,
+                                       lr=3e-3, checkpoint_every=6, track_every=3).key()
+    monkeypatch.setenv("OUTLIERBOOK_CACHE", str(tmp_path / "cache"))
+
+    def track(model):
+        enc = dict(model.bert.named_parameters())
+        with torch.no_grad():  # the masked LM has no pooler: compare every parameter both models have
+            moved = max(float((enc[n] - p).abs().max()) for n, p in pretrained.named_parameters() if n in enc)
+            gate = model.bert.encoder.layer[0].attention.self.outlierbook_gate.bias
+            return {"encoder_moved": moved, "gate_moved": float((gate - math.log(0.9999 / 0.0001)).abs().max()),
+                    "head": float(model.cls.predictions.transform.dense.weight.abs().sum())}
+
+    model, hist = pretrain(cfg, tok, blocks, track=track, progress=False)
+    at3, at6 = hist["track"]
+    assert at3["step"] == 3 and at3["encoder_moved"] == 0.0 and at3["gate_moved"] < 1e-6  # only the head learnt
+    assert at6["encoder_moved"] > 0 and at6["gate_moved"] > 0 and at6["head"] != at3["head"]
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight  # tied
+    with pytest.raises(ConfigError, match="kind='mlm' with init"):
+        PretrainConfig(kind="clm", init="x")
+    with pytest.raises(ConfigError, match="freeze_encoder_steps must lie in"):
+        PretrainConfig(init="x", steps=5, freeze_encoder_steps=5)

@@ -60,10 +60,16 @@ class PretrainConfig:
     checkpoint_every: int = 200
     track_every: int = 50
     sources: tuple = ("bbc", "bible")
+    init: str | None = None  # retrofit: continue training this pretrained encoder instead of a fresh model
+    freeze_encoder_steps: int = 0  # retrofit: for the first steps only the new MLM head learns
 
     def __post_init__(self):
         if self.kind not in ("mlm", "clm"):
             raise ConfigError(f"unknown model kind {self.kind!r}; use 'mlm' (encoder) or 'clm' (decoder)")
+        if self.init is not None and self.kind != "mlm":
+            raise ConfigError("retrofitting continues a pretrained encoder with masked LM: use kind='mlm' with init")
+        if not 0 <= self.freeze_encoder_steps < max(self.steps, 1):
+            raise ConfigError(f"freeze_encoder_steps must lie in [0, steps), got {self.freeze_encoder_steps}")
         if self.hidden % self.heads:
             raise ConfigError(f"hidden size {self.hidden} is not divisible by {self.heads} heads")
         if not 0.0 <= self.gamma_ramp <= 1.0:
@@ -74,6 +80,9 @@ class PretrainConfig:
         d.pop("checkpoint_every")  # how often we save does not change the model (resuming is exact)
         if d["variant"]["gate_init_std"] == AttentionVariant.gate_init_std:
             del d["variant"]["gate_init_std"]  # keys of runs from before the field existed are unchanged
+        for name, default in (("init", None), ("freeze_encoder_steps", 0)):
+            if d[name] == default:
+                del d[name]
         digest = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{self.kind}-{self.variant.softmax}-{self.variant.gate or 'nogate'}-{digest}"
 
@@ -82,10 +91,13 @@ class PretrainConfig:
 
 
 def build_model(cfg: PretrainConfig, vocab_size: int, pad_id: int):
-    """A freshly initialised (seeded) encoder or decoder with the config's attention variant."""
+    """A freshly initialised (seeded) encoder or decoder with the config's attention variant; with ``cfg.init``,
+    the pretrained encoder with a new MLM head (see :func:`retrofit_model`)."""
     from transformers import BertConfig, BertForMaskedLM, OPTConfig, OPTForCausalLM
 
     torch.manual_seed(cfg.seed)
+    if cfg.init is not None:
+        return install(retrofit_model(cfg.init, cfg.dropout), cfg.variant)
     if cfg.kind == "mlm":
         model = BertForMaskedLM(BertConfig(
             vocab_size=vocab_size, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
@@ -99,9 +111,38 @@ def build_model(cfg: PretrainConfig, vocab_size: int, pad_id: int):
     return install(model, cfg.variant)
 
 
+def retrofit_model(name: str, dropout: float = 0.1):
+    r"""A pretrained BERT-family encoder (``name``: the embedded model, a packaged one or a folder) as a masked LM.
+
+    The encoder keeps its weights. The MLM head is new: its transform (dense $d	o d$, GELU, LayerNorm) is
+    initialised as BERT initialises it — weights $\mathcal N(0, 0.02^2)$, biases 0, LayerNorm $\gamma = 1$,
+    $eta = 0$ — and its decoder is **tied** to the pretrained word embeddings (the output bias starts at 0), so
+    only $d^2 + 3d + |V|$ parameters are untrained. ``freeze_encoder_steps`` then trains that head alone
+    before the encoder moves. :func:`build_model` seeds the head's initialisation with the run's seed."""
+    from transformers import AutoConfig, BertForMaskedLM
+
+    from .load import resolve
+
+    path = resolve(name)
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type != "bert":
+        raise ConfigError(f"retrofitting continues a BERT encoder with masked LM; {name} is a {config.model_type} "
+                          "model")
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
+    model = BertForMaskedLM.from_pretrained(path, config=config)
+    model.tie_weights()
+    return model
+
+
+def encoder_parameters(model) -> list:
+    """Every parameter of a masked LM except its MLM head's (``cls.``): what ``freeze_encoder_steps`` freezes."""
+    return [p for n, p in model.named_parameters() if not n.startswith("cls.")]
+
+
 def token_blocks(tokenizer, texts: list[str], seq_len: int) -> torch.Tensor:
-    """All documents tokenised, joined by ``</s>``, cut into ``[n_blocks, seq_len]`` (the tail is dropped)."""
-    eos = tokenizer.convert_tokens_to_ids("</s>")
+    """All documents tokenised, joined by ``</s>`` (a WordPiece tokenizer without it: its separator), cut into
+    ``[n_blocks, seq_len]`` (the tail is dropped)."""
+    eos = tokenizer.convert_tokens_to_ids("</s>" if "</s>" in tokenizer.get_vocab() else tokenizer.sep_token)
     ids: list[int] = []
     for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
         ids += enc + [eos]
@@ -211,8 +252,12 @@ def pretrain(cfg: PretrainConfig, tokenizer, blocks: torch.Tensor, track=None, p
     model.train()
     ramp_steps = int(cfg.gamma_ramp * cfg.steps) if cfg.variant.softmax == "clipped" else 0
 
+    frozen_part = encoder_parameters(accelerator.unwrap_model(model)) if cfg.freeze_encoder_steps else []
+
     def batches():
         for step in range(start, cfg.steps):
+            for p in frozen_part:  # the head's warm-up: the encoder learns from step freeze_encoder_steps on
+                p.requires_grad_(step >= cfg.freeze_encoder_steps)
             if ramp_steps:
                 set_gamma_scale(model, min(1.0, step / ramp_steps))
             mask_gen.manual_seed(cfg.seed + 1 + step)  # masking depends on the step only: resumable
