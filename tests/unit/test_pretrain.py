@@ -166,4 +166,4 @@ def test_retrofitting_starts_from_the_pretrained_encoder_and_trains_the_head_alo
     with pytest.raises(ConfigError, match="kind='mlm' with init"):
         PretrainConfig(kind="clm", init="x")
     with pytest.raises(ConfigError, match="freeze_encoder_steps must lie in"):
-        PretrainConfig(init="x", steps=5, freeze_encoder_steps=5)
+        PretrainConfig(init="x", steps=5, freeze_encoder_steps=6)

@@ -68,8 +68,8 @@ class PretrainConfig:
             raise ConfigError(f"unknown model kind {self.kind!r}; use 'mlm' (encoder) or 'clm' (decoder)")
         if self.init is not None and self.kind != "mlm":
             raise ConfigError("retrofitting continues a pretrained encoder with masked LM: use kind='mlm' with init")
-        if not 0 <= self.freeze_encoder_steps < max(self.steps, 1):
-            raise ConfigError(f"freeze_encoder_steps must lie in [0, steps), got {self.freeze_encoder_steps}")
+        if not 0 <= self.freeze_encoder_steps <= self.steps:
+            raise ConfigError(f"freeze_encoder_steps must lie in [0, steps], got {self.freeze_encoder_steps}")
         if self.hidden % self.heads:
             raise ConfigError(f"hidden size {self.hidden} is not divisible by {self.heads} heads")
         if not 0.0 <= self.gamma_ramp <= 1.0:
@@ -139,10 +139,15 @@ def encoder_parameters(model) -> list:
     return [p for n, p in model.named_parameters() if not n.startswith("cls.")]
 
 
+def document_separator(tokenizer) -> str:
+    """The token that joins documents in a block: ``</s>``, or a WordPiece tokenizer's separator (``[SEP]``)."""
+    return "</s>" if "</s>" in tokenizer.get_vocab() else tokenizer.sep_token
+
+
 def token_blocks(tokenizer, texts: list[str], seq_len: int) -> torch.Tensor:
-    """All documents tokenised, joined by ``</s>`` (a WordPiece tokenizer without it: its separator), cut into
-    ``[n_blocks, seq_len]`` (the tail is dropped)."""
-    eos = tokenizer.convert_tokens_to_ids("</s>" if "</s>" in tokenizer.get_vocab() else tokenizer.sep_token)
+    """All documents tokenised, joined by :func:`document_separator`, cut into ``[n_blocks, seq_len]`` (the
+    tail is dropped)."""
+    eos = tokenizer.convert_tokens_to_ids(document_separator(tokenizer))
     ids: list[int] = []
     for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
         ids += enc + [eos]

@@ -1,0 +1,128 @@
+r"""Retrofitting the Quantizable Transformers fix onto an encoder that is already pretrained.
+
+Chapter 6 pre-trains from scratch, and on this CPU its vanilla models never grow the outliers the 2023 paper
+is about. The embedded all-MiniLM-L6-v2 has them (chapter 10: max inf-norm and average kurtosis in the
+hundreds to thousands by the paper's own statistics). Here each attention variant is installed on that
+pretrained encoder and training **continues**, with the vanilla model trained the same way as the control:
+
+==============================  =====================================================================
+``vanilla``                     softmax; the control
+``clipped softmax``             $\mathrm{clip}((\zeta-\gamma)\,\mathrm{softmax} + \gamma, 0, 1)$, γ = −α/T ramped in from 0
+``gated attention``             the linear gate starting nearly open (π = 0.9999 on every token:
+                                :func:`~outlierbook.models.attention_variants.nearly_open_gate`)
+``softmax + 1``                 an implicit zero-logit, zero-value key (not in the four papers)
+==============================  =====================================================================
+
+Objective: masked LM on the book's pre-training text (:func:`corpus`, the pretrained model's own
+tokenizer), with a new MLM head that first trains alone (``freeze_encoder_steps``; see
+:func:`outlierbook.models.pretrain.retrofit_model` for its initialisation). Every ``track_every`` steps
+:func:`tracker` logs the 2023 paper's outlier statistics, the share of live attention rows, and the no-op
+statistics of chapter 3 (attention mass on delimiters, value norms of delimiters against other tokens).
+The trained model is then evaluated as chapter 6 evaluates its own: FP perplexity, outlier statistics and
+W8A8 perplexity with the best range estimator (:func:`outlierbook.experiments.quantizable.evaluate_cached`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from ..analysis.attention import attention_records
+from ..analysis.lm_outliers import outlier_stats
+from ..data.corpus import training_texts, wikitext2
+from ..errors import ConfigError
+from ..models.attention_variants import AttentionVariant, live_row_shares, nearly_open_gate
+from ..models.load import EMBEDDED
+from ..models.pretrain import PretrainConfig, document_separator, pretrain, token_blocks
+from .quantizable import evaluate_cached, held_out_batches
+
+# The paper's BERT setting: γ = −0.025 at T = 128, i.e. α = 3.2.
+CLIPPED_ALPHA = 3.2
+
+
+def variants(seq_len: int) -> dict[str, AttentionVariant]:
+    """The four attention variants of the retrofit, by label (see the module docstring)."""
+    return {"vanilla": AttentionVariant(),
+            "clipped softmax": AttentionVariant(softmax="clipped", alpha=CLIPPED_ALPHA, seq_len=seq_len),
+            "gated attention": nearly_open_gate(),
+            "softmax + 1": AttentionVariant(softmax="plus_one")}
+
+
+def configs(model: str = EMBEDDED, **settings) -> dict[str, PretrainConfig]:
+    """One :class:`PretrainConfig` per variant, continuing ``model``; ``settings`` are PretrainConfig fields
+    (steps, batch_size, lr, seq_len, freeze_encoder_steps, gamma_ramp, track_every, ...)."""
+    unknown = set(settings) - set(PretrainConfig.__dataclass_fields__)
+    if unknown or {"init", "variant", "kind"} & set(settings):
+        raise ConfigError(f"not a retrofit setting: {', '.join(sorted(unknown | ({'init', 'variant', 'kind'} & set(settings))))}; "
+                          "give PretrainConfig fields other than init, variant and kind")
+    base = PretrainConfig(kind="mlm", init=model, **settings)
+    return {label: replace(base, variant=v) for label, v in variants(base.seq_len).items()}
+
+
+def start_config(cfg: PretrainConfig) -> PretrainConfig:
+    """The common starting point of every variant: the vanilla encoder whose MLM head alone was trained for
+    ``freeze_encoder_steps`` (the encoder untouched), so "start" and "end" are measured the same way."""
+    if cfg.freeze_encoder_steps < 1:
+        raise ConfigError("the start of a retrofit is the MLM head trained alone: set freeze_encoder_steps >= 1")
+    return replace(cfg, variant=AttentionVariant(), steps=cfg.freeze_encoder_steps, gamma_ramp=0.0)
+
+
+def corpus(model: str = EMBEDDED, seq_len: int = 128, sources=("bbc", "bible"), eval_blocks: int | None = 256):
+    """The pretrained model's tokenizer, the book's pre-training text and WikiText-2 as blocks of ``seq_len``."""
+    from ..models.load import load_tokenizer
+
+    tok = load_tokenizer(model)
+    train = token_blocks(tok, training_texts(sources), seq_len)
+    wiki = [p for p in wikitext2("test").split("\n \n") if p.strip()]
+    test = token_blocks(tok, wiki, seq_len)
+    return tok, train, test if eval_blocks is None else test[:eval_blocks]
+
+
+@torch.no_grad()
+def noop_statistics(model, batch, delimiter_ids) -> dict:
+    r"""Chapter 3's no-op picture, averaged over layers and heads: the attention mass real queries put on
+    delimiter keys, and the mean value-vector norm $\lVert v_k\rVert$ of delimiter keys over that of the other keys
+    (the paper's no-op heads attend to delimiters whose values are small, so that $\sum_k p_{qk} v_k \approx 0$)."""
+    is_delim = torch.isin(batch["input_ids"], torch.tensor(sorted(delimiter_ids)))
+    records = attention_records(model, {k: v for k, v in batch.items() if k != "labels"})
+    mass, ratio = [], []
+    for r in records:
+        p = r["probs"]  # [B, H, T, T]
+        mass.append(float((p * is_delim[:, None, None, :]).sum(-1).mean()))
+        norms = r["values"].norm(dim=-1)  # [B, H, T]
+        d, o = norms.transpose(1, 2)[is_delim], norms.transpose(1, 2)[~is_delim]
+        ratio.append(float(d.mean() / o.mean()) if len(d) and len(o) else float("nan"))
+    return {"delimiter_mass": sum(mass) / len(mass), "delimiter_value_norm_ratio": sum(ratio) / len(ratio)}
+
+
+def delimiter_ids(tokenizer) -> set[int]:
+    """The token that joins the documents of a block (the separator), "." and "," in the tokenizer's ids."""
+    return set(tokenizer.convert_tokens_to_ids([document_separator(tokenizer), ".", ","]))
+
+
+def tracker(test: torch.Tensor, tokenizer, n_blocks: int = 16):
+    """``track(model) -> dict`` for :func:`~outlierbook.models.pretrain.pretrain`: outlier statistics (the 2023
+    paper's) and live attention rows on a fixed batch of held-out blocks, and :func:`noop_statistics`."""
+    probe = held_out_batches(test, n=1, batch_size=n_blocks)
+    delims = delimiter_ids(tokenizer)
+
+    def track(model):
+        with live_row_shares(model) as shares:
+            s = outlier_stats(model, probe)
+        return {"max_inf_norm": s["max_inf_norm"], "avg_kurtosis": s["avg_kurtosis"],
+                "live_rows": sum(shares) / len(shares), **noop_statistics(model, probe[0], delims)}
+
+    return track
+
+
+def retrofit_and_evaluate(label: str, cfg: PretrainConfig, tok, train: torch.Tensor, test: torch.Tensor,
+                          progress: bool = True, **eval_kw) -> tuple[dict, dict]:
+    """Continue training ``cfg`` (or resume it from its checkpoint; a finished run is loaded) with
+    :func:`tracker`, then evaluate it as chapter 6 does (stored beside the checkpoint); returns
+    (result row, history)."""
+    model, history = pretrain(cfg, tok, train, track=tracker(test, tok), progress=progress)
+    row = {"label": label, "seed": cfg.seed, "steps": cfg.steps, "softmax": cfg.variant.softmax,
+           "gate": cfg.variant.gate or "", "final_loss": history["loss"][-1] if history["loss"] else float("nan"),
+           **evaluate_cached(model, cfg, tok, train, test, **eval_kw)}
+    return row, history

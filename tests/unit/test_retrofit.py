@@ -1,0 +1,77 @@
+"""Retrofitting the 2023 fix onto a pretrained encoder: configs, the common start, the no-op statistics, and one
+tiny retrofit run that trains, resumes without retraining and is evaluated like chapter 6's models."""
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from outlierbook.data.corpus import bible_verses
+from outlierbook.errors import ConfigError
+from outlierbook.experiments import retrofit as rx
+from outlierbook.models.pretrain import token_blocks
+from outlierbook.models.tokenizer import train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok_and_blocks():
+    texts = bible_verses()[:1500]
+    tok = train_tokenizer(texts, vocab_size=400, cache=False)
+    return tok, token_blocks(tok, texts, 16)
+
+
+def test_the_four_variants_and_their_configs():
+    v = rx.variants(128)
+    assert list(v) == ["vanilla", "clipped softmax", "gated attention", "softmax + 1"]
+    assert v["clipped softmax"].effective_gamma == pytest.approx(-0.025)
+    assert v["gated attention"].pi_init == 0.9999 and v["softmax + 1"].softmax == "plus_one"
+    cfgs = rx.configs("some-encoder", steps=10, freeze_encoder_steps=4, seq_len=128)
+    assert {c.init for c in cfgs.values()} == {"some-encoder"} and len({c.key() for c in cfgs.values()}) == 4
+    start = rx.start_config(cfgs["gated attention"])
+    assert start.variant == v["vanilla"] and start.steps == start.freeze_encoder_steps == 4
+    with pytest.raises(ConfigError, match="not a retrofit setting: init, wobble"):
+        rx.configs("x", init="y", wobble=1)
+    with pytest.raises(ConfigError, match="freeze_encoder_steps >= 1"):
+        rx.start_config(rx.configs("x", steps=4)["vanilla"])
+
+
+def _encoder(folder, vocab):
+    torch.manual_seed(3)
+    BertModel(BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=16)).save_pretrained(folder)
+    return str(folder)
+
+
+@torch.no_grad()
+def test_noop_statistics_measure_attention_on_delimiters(tok_and_blocks, tmp_path):
+    from outlierbook.models.pretrain import retrofit_model
+
+    tok, blocks = tok_and_blocks
+    model = retrofit_model(_encoder(tmp_path / "enc", len(tok))).eval()
+    batch = {"input_ids": blocks[:4], "attention_mask": torch.ones_like(blocks[:4])}
+    delims = rx.delimiter_ids(tok)
+    assert tok.convert_tokens_to_ids("</s>") in delims  # the corpus tokenizer joins documents with </s>
+    s = rx.noop_statistics(model, batch, delims)
+    share = float(torch.isin(blocks[:4], torch.tensor(sorted(delims))).float().mean())
+    assert 0.0 < s["delimiter_mass"] < 1.0 and s["delimiter_value_norm_ratio"] > 0
+    assert abs(s["delimiter_mass"] - share) < 0.5  # a random model attends about uniformly
+    every = {"input_ids": torch.full_like(blocks[:2], next(iter(delims))), "attention_mask": torch.ones_like(blocks[:2])}
+    assert rx.noop_statistics(model, every, delims)["delimiter_mass"] == pytest.approx(1.0)
+
+
+def test_a_retrofit_run_tracks_resumes_and_is_evaluated(tok_and_blocks, tmp_path, monkeypatch):
+    tok, blocks = tok_and_blocks
+    monkeypatch.setenv("OUTLIERBOOK_CACHE", str(tmp_path / "cache"))
+    encoder = _encoder(tmp_path / "enc", len(tok))
+    cfg = rx.configs(encoder, steps=4, batch_size=4, seq_len=16, lr=1e-3, freeze_encoder_steps=2, track_every=2,
+                     checkpoint_every=2, gamma_ramp=0.5)["clipped softmax"]
+    train, test = blocks[:200], blocks[200:240]
+    eval_kw = dict(calib_batches=1, batch_size=8)
+    row, hist = rx.retrofit_and_evaluate("clipped softmax", cfg, tok, train, test, progress=False, **eval_kw)
+    assert [t["step"] for t in hist["track"]] == [2, 4]
+    for key in ("max_inf_norm", "avg_kurtosis", "live_rows", "delimiter_mass", "delimiter_value_norm_ratio"):
+        assert key in hist["track"][-1]
+    assert row["softmax"] == "clipped" and {"ppl_fp", "ppl_w8a8", "max_inf_norm"} <= set(row)
+    calls = []
+    monkeypatch.setattr(rx, "tracker", lambda *a, **k: lambda m: calls.append(1) or {})
+    again, hist2 = rx.retrofit_and_evaluate("clipped softmax", cfg, tok, train, test, progress=False, **eval_kw)
+    assert calls == [] and again == row and hist2 == hist  # the finished run is loaded, not trained again
