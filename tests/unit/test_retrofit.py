@@ -75,3 +75,36 @@ def test_a_retrofit_run_tracks_resumes_and_is_evaluated(tok_and_blocks, tmp_path
     monkeypatch.setattr(rx, "tracker", lambda *a, **k: lambda m: calls.append(1) or {})
     again, hist2 = rx.retrofit_and_evaluate("clipped softmax", cfg, tok, train, test, progress=False, **eval_kw)
     assert calls == [] and again == row and hist2 == hist  # the finished run is loaded, not trained again
+
+
+def test_a_variant_needs_a_clipped_softmax_to_ramp_and_keys_of_plain_runs_do_not_move():
+    from outlierbook.models.attention_variants import AttentionVariant
+    from outlierbook.models.tasks import FinetuneConfig
+
+    with pytest.raises(ConfigError, match="gamma_ramp ramps a clipped softmax in"):
+        FinetuneConfig(gamma_ramp=0.1)
+    plain = FinetuneConfig(task="sst2", steps=2105)
+    assert plain.key() == "steps2105-seed0-565845a5a5"  # the stored full run's head keeps its cache key
+    gated = FinetuneConfig(task="sst2", steps=2105, variant=AttentionVariant(gate="linear"))
+    assert gated.key() != plain.key()
+
+
+@pytest.mark.slow
+def test_task_fine_tuning_with_a_variant_tracks_and_comes_back_with_its_gates(tmp_path, monkeypatch):
+    """SST-2 retrofit: the embedded model fine-tuned a few steps with the nearly open gate; the tracker runs
+    every ``track_every`` steps in eval mode, its log is stored, and the cached model is loaded with the gates
+    it trained (not fresh ones)."""
+    from safetensors.torch import load_file
+
+    from outlierbook.models.attention_variants import nearly_open_gate
+    from outlierbook.models.tasks import FinetuneConfig, finetune_info, get_finetuned
+
+    monkeypatch.setenv("OUTLIERBOOK_CACHE", str(tmp_path))
+    cfg = FinetuneConfig(task="sst2", steps=4, batch_size=4, lr=1e-3, variant=nearly_open_gate(), track_every=2)
+    model = get_finetuned(cfg, progress=False, track=lambda m: {"training": m.training})
+    assert finetune_info(cfg)["track"] == [{"step": 2, "training": False}, {"step": 4, "training": False}]
+    stored = load_file(str(cfg.path() / "model.safetensors"))
+    gate = model.bert.encoder.layer[0].attention.self.outlierbook_gate
+    key = "bert.encoder.layer.0.attention.self.outlierbook_gate.bias"
+    assert torch.equal(gate.bias.detach(), stored[key]) and not torch.allclose(stored[key], torch.full_like(
+        stored[key], 9.2102), atol=1e-4)  # trained away from logit(0.9999), and loaded as trained

@@ -29,6 +29,7 @@ from ..data.glue import TaskData, load_task, task_spec
 from ..errors import ConfigError
 from ..nbsetup import progress_enabled
 from ..paths import cache_dir
+from .attention_variants import AttentionVariant
 from .load import EMBEDDED, check_finite, default_attention, load_classifier, load_tokenizer, resolve, short_name
 
 # ---------------------------------------------------------------- batching
@@ -149,12 +150,23 @@ class FinetuneConfig:
     max_length: int = 128
     seed: int = 0
     schedule_steps: int | None = None  # length of the linear decay when the run stops earlier (None: ``steps``)
+    variant: AttentionVariant | None = None  # an attention variant installed before fine-tuning (retrofit)
+    gamma_ramp: float = 0.0  # clipped softmax: γ ramps linearly from 0 over this fraction of the steps
+    track_every: int = 0  # with a tracker: log its statistics every this many steps (0: never)
+
+    def __post_init__(self):
+        if self.gamma_ramp and (self.variant is None or self.variant.softmax != "clipped"):
+            raise ConfigError("gamma_ramp ramps a clipped softmax in: give variant=AttentionVariant(softmax='clipped', ...)")
+        if not 0.0 <= self.gamma_ramp <= 1.0:
+            raise ConfigError(f"gamma_ramp is a fraction of the steps in [0, 1], got {self.gamma_ramp}")
 
     def key(self) -> str:
         d = asdict(self)
         d["model"] = short_name(self.model)
-        if d["schedule_steps"] is None:
-            del d["schedule_steps"]  # keys of runs stopping at the schedule's end are unchanged
+        # keys of runs from before these fields existed are unchanged
+        for name, default in (("schedule_steps", None), ("variant", None), ("gamma_ramp", 0.0), ("track_every", 0)):
+            if d[name] == default:
+                del d[name]
         digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
         return f"steps{self.steps}-seed{self.seed}-{digest}"
 
@@ -190,10 +202,12 @@ def budget(task: str, profile: str, **overrides) -> FinetuneConfig:
 
 def finetune(cfg: FinetuneConfig, train: TaskData | None = None, progress: bool = True, data_source: str = "local",
              after_step=None):
-    """Fine-tune encoder + a fresh head (see :mod:`outlierbook.models.training` for the loop).
+    """Fine-tune encoder + a fresh head (see :mod:`outlierbook.models.training` for the loop), with
+    ``cfg.variant`` installed first (its γ ramped in over ``cfg.gamma_ramp`` of the steps).
 
     Returns the trained model (eval mode) and the loss curve.
     """
+    from .attention_variants import install, set_gamma_scale
     from .training import decay_groups, train_loader, train_loop
 
     spec = task_spec(cfg.task)
@@ -201,33 +215,76 @@ def finetune(cfg: FinetuneConfig, train: TaskData | None = None, progress: bool 
     train = train if train is not None else load_task(spec.name, "train", source=data_source)
     tokenizer = load_tokenizer(cfg.model)
     model = load_classifier(cfg.model, num_labels=spec.num_labels)
+    ramp = int(cfg.gamma_ramp * cfg.steps)
+    if cfg.variant is not None:
+        install(model, cfg.variant)
+        if ramp:
+            set_gamma_scale(model, 0.0)
+
+    def each_step(step, m):
+        if ramp:
+            set_gamma_scale(m, min(1.0, step / ramp))  # the scale the next step trains with
+        if after_step is not None:
+            after_step(step, m)
+
     loader = train_loader(train, tokenizer, cfg.steps, cfg.batch_size, cfg.max_length, cfg.seed)
     return train_loop(model, loader, decay_groups(model, cfg.weight_decay), cfg.lr, cfg.steps, cfg.warmup,
                       desc=f"fine-tune {spec.name}", progress=progress, schedule_steps=cfg.schedule_steps,
-                      after_step=after_step)
+                      after_step=each_step if (ramp or after_step is not None) else None)
 
 
-def get_finetuned(cfg: FinetuneConfig, progress: bool = True, data_source: str = "local"):
+def get_finetuned(cfg: FinetuneConfig, progress: bool = True, data_source: str = "local", track=None):
     """The fine-tuned model for ``cfg``: loaded from the cache, or trained once and cached atomically.
 
     ``data_source`` ("local" files or the "hub") is not part of the cache key: both are the same GLUE data.
+    ``track(model) -> dict`` is logged every ``cfg.track_every`` steps into ``finetune.json`` (``"track"``;
+    read it with :func:`finetune_info`). A model with an attention variant comes back with it installed and
+    its gates' trained parameters loaded.
     """
     from transformers import AutoModelForSequenceClassification
 
     path = cfg.path()
     if not (path / "model.safetensors").is_file():
-        model, losses = finetune(cfg, progress=progress, data_source=data_source)
+        tracked: list[dict] = []
+
+        def log(step, model):
+            if track is not None and cfg.track_every and (step % cfg.track_every == 0 or step == cfg.steps):
+                was = model.training
+                model.eval()
+                tracked.append({"step": step, **track(model)})
+                model.train(was)
+
+        model, losses = finetune(cfg, progress=progress, data_source=data_source, after_step=log)
         path.parent.mkdir(parents=True, exist_ok=True)
         recover(path)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-"))
         model.save_pretrained(tmp, safe_serialization=True)
         dev = evaluate(model, load_tokenizer(cfg.model), load_task(cfg.task, "dev", source=data_source))
-        meta = {"config": asdict(cfg), "base": resolve(cfg.model) if cfg.model != EMBEDDED else EMBEDDED,
-                "loss_curve": [round(x, 5) for x in losses], "dev": dev}
+        meta = {"config": json.loads(json.dumps(asdict(cfg), default=str)),
+                "base": resolve(cfg.model) if cfg.model != EMBEDDED else EMBEDDED,
+                "loss_curve": [round(x, 5) for x in losses], "dev": dev, "track": tracked}
         (tmp / "finetune.json").write_text(json.dumps(meta, indent=1))
         replace_folder(tmp, path)  # one step: a killed run leaves no half-saved head
     model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation=default_attention(str(path))).eval()
+    if cfg.variant is not None:
+        _restore_variant(model, cfg.variant, path / "model.safetensors")
     return check_finite(model, str(path))
+
+
+def _restore_variant(model, variant, weights: Path) -> None:
+    """Install ``variant`` on a loaded classifier and load the parameters it adds (the gates), which
+    ``from_pretrained`` does not know and skips."""
+    from safetensors.torch import load_file
+
+    from .attention_variants import install
+
+    install(model, variant)
+    added = {n for n, _ in model.named_parameters() if "outlierbook_" in n}
+    stored = {k: v for k, v in load_file(str(weights)).items() if "outlierbook_" in k}
+    if set(stored) != added:
+        raise ConfigError(f"{weights} does not hold the parameters of {variant}: expected {sorted(added)[:3]}…, "
+                          f"found {sorted(stored)[:3]}…; delete the folder to fine-tune again")
+    model.load_state_dict(stored, strict=False)
 
 
 def finetune_info(cfg: FinetuneConfig) -> dict:
