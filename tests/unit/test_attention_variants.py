@@ -203,8 +203,8 @@ def test_the_plus_one_variant_runs_in_the_model_and_lowers_attention_mass():
 
 
 def test_a_nearly_open_gate_starts_at_the_pretrained_function():
-    """The retrofit gate: zero weights, bias logit(π_init); at step 0 the model's output is within 1e-3 of the
-    pretrained model's, and the gate is trainable."""
+    """The retrofit gate (the authors' fine-tuning set-up): zero weights, bias logit(0.5), output scaled by 2;
+    at step 0 the model's output is the pretrained model's, and the gate can still close a head."""
     from outlierbook.models.attention_variants import nearly_open_gate
 
     batch = _batch()
@@ -212,17 +212,24 @@ def test_a_nearly_open_gate_starts_at_the_pretrained_function():
     m = batch["attention_mask"].bool()
     ref = bert(**batch).last_hidden_state[m]
     variant = nearly_open_gate()
-    assert variant.gate == "linear" and variant.gate_init_std == 0.0
+    assert variant.gate == "linear" and variant.gate_init_std == 0.0 and variant.gate_scale == 2.0
     install(bert, variant)
     out = bert(**batch).last_hidden_state[m]
     assert (out - ref).abs().max() <= 1e-3
     gates = [layer.attention.self.outlierbook_gate for layer in bert.encoder.layer]
     assert all(torch.equal(g.weight, torch.zeros_like(g.weight)) and g.weight.requires_grad for g in gates)
-    assert torch.allclose(torch.sigmoid(gates[0].bias), torch.full_like(gates[0].bias, 0.9999))
+    g = gates[0](torch.randn(2, 3, 16))
+    assert torch.equal(g, torch.ones_like(g))
+    closed = AttentionGate("linear", hidden=16, heads=4, pi_init=0.5, init_std=0.0, scale=2.0)
+    with torch.no_grad():
+        closed.bias.fill_(-50.0)
+    assert closed(torch.randn(1, 2, 16)).max() < 1e-6
     with pytest.raises(ConfigError, match="nearly open gate"):
-        nearly_open_gate(0.2)
+        nearly_open_gate(1.0)
     with pytest.raises(ConfigError, match="gate_init_std must be >= 0"):
         AttentionVariant(gate="linear", gate_init_std=-1.0)
+    with pytest.raises(ConfigError, match="gate_scale must be positive"):
+        AttentionVariant(gate="linear", gate_scale=0.0)
 
 
 def test_pretraining_keys_do_not_move_for_the_default_gate_noise():
@@ -231,3 +238,4 @@ def test_pretraining_keys_do_not_move_for_the_default_gate_noise():
     default = PretrainConfig(variant=AttentionVariant(gate="linear"))
     assert PretrainConfig(variant=AttentionVariant(gate="linear", gate_init_std=0.01)).key() == default.key()
     assert PretrainConfig(variant=AttentionVariant(gate="linear", gate_init_std=0.0)).key() != default.key()
+    assert PretrainConfig(variant=AttentionVariant(gate="linear", gate_scale=1.0)).key() == default.key()

@@ -8,8 +8,8 @@ pretrained encoder and training **continues**, with the vanilla model trained th
 ==============================  =====================================================================
 ``vanilla``                     softmax; the control
 ``clipped softmax``             $\mathrm{clip}((\zeta-\gamma)\,\mathrm{softmax} + \gamma, 0, 1)$, γ = −α/T ramped in from 0
-``gated attention``             the linear gate starting nearly open (π = 0.9999 on every token:
-                                :func:`~outlierbook.models.attention_variants.nearly_open_gate`)
+``gated attention``             the linear gate as the authors set it up for fine-tuning, the identity
+                                at step 0 (:func:`~outlierbook.models.attention_variants.nearly_open_gate`)
 ``softmax + 1``                 an implicit zero-logit, zero-value key (not in the four papers)
 ==============================  =====================================================================
 

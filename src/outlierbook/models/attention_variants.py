@@ -18,7 +18,8 @@ $\pi = \sigma(G(x)) \in (0, 1)$ computed from the layer input $x$, before the he
 - ``"linear"`` (the paper's default, *conditional per token*): head $h$ has its own
   $\mathrm{Linear}(d_{head}\to 1)$ on its $d_{head}$-slice of $x$; bias initialised to
   $\mathrm{logit}(\pi_{init})$, weights to zero-mean noise of std ``gate_init_std`` (0.01; 0 makes the
-  initial gate exactly $\pi_{init}$ on every token, see :func:`nearly_open_gate`);
+  initial gate exactly $\pi_{init}$ on every token), its output optionally scaled by ``gate_scale``
+  (:func:`nearly_open_gate`: $1/\pi_{init}$, the identity at step 0);
 - ``"mlp"``: $\mathrm{Linear}(d_{head}, d_{head}/4) \to \mathrm{ReLU} \to \mathrm{Linear}(\cdot, 1)$ per head;
 - ``"all_heads_linear"``: one $\mathrm{Linear}(d\to H)$ on all features.
 
@@ -74,7 +75,8 @@ def live_rows(probs: torch.Tensor, row_mask: torch.Tensor | None = None) -> floa
 @dataclass(frozen=True)
 class AttentionVariant:
     """``softmax``: "vanilla", "clipped" (γ given, or α with T) or "plus_one"; ``gate``: None or one of
-    :data:`GATES`, initialised to ``pi_init`` with weight noise of std ``gate_init_std``."""
+    :data:`GATES`, initialised to ``pi_init`` with weight noise of std ``gate_init_std``, its output scaled by
+    ``gate_scale``."""
 
     softmax: str = "vanilla"
     gamma: float = 0.0
@@ -84,12 +86,15 @@ class AttentionVariant:
     gate: str | None = None
     pi_init: float = 0.5
     gate_init_std: float = 0.01
+    gate_scale: float = 1.0  # the gate's output is multiplied by this (the authors' fine-tuning: 1/pi_init)
 
     def __post_init__(self):
         if self.softmax not in SOFTMAXES:
             raise ConfigError(f"unknown softmax {self.softmax!r}; use one of: {', '.join(SOFTMAXES)}")
         if self.gate_init_std < 0:
             raise ConfigError(f"gate_init_std must be >= 0, got {self.gate_init_std}")
+        if self.gate_scale <= 0:
+            raise ConfigError(f"gate_scale must be positive, got {self.gate_scale}")
         if self.gate is not None and self.gate not in GATES:
             raise ConfigError(f"unknown gate {self.gate!r}; use one of: {', '.join(GATES)}")
         if not 0.0 < self.pi_init < 1.0:
@@ -110,14 +115,17 @@ class AttentionVariant:
         return clipped_softmax(scores, -1, gamma_scale * self.effective_gamma, self.zeta)
 
 
-def nearly_open_gate(pi_init: float = 0.9999) -> AttentionVariant:
-    r"""Gated attention for a model that is already trained: the linear gate (the paper's default) starting at
-    $\pi = $ ``pi_init`` on every token (weights zero, bias $\mathrm{logit}(\pi_{init})$), so each head's context
-    is scaled by $\pi_{init}$ and the model starts at (almost) its pretrained function — a change of at most
-    $(1 - \pi_{init})\,\max|	ext{context}|$ in each attention output before the output projection."""
-    if not 0.5 <= pi_init < 1.0:
-        raise ConfigError(f"a nearly open gate starts at pi_init in [0.5, 1), got {pi_init}")
-    return AttentionVariant(gate="linear", pi_init=pi_init, gate_init_std=0.0)
+def nearly_open_gate(pi_init: float = 0.5) -> AttentionVariant:
+    r"""Gated attention for a model that is already trained, as the authors' ``--fine_tuning`` flag sets it
+    up: the linear gate (the paper's default) with weights zero and bias $\mathrm{logit}(\pi_{init})$, its
+    output scaled by $1/\pi_{init}$, so every head's context is multiplied by exactly
+    $\sigma(\mathrm{logit}\,\pi_{init})/\pi_{init} = 1$ at step 0: the model starts at its pretrained function.
+    With $\pi_{init} = 0.5$ the gate sits where the sigmoid's slope is largest (1/4), so it can learn to close
+    a head (towards 0) or to open it further (up to $1/\pi_{init} = 2$). The authors draw the weights from
+    $\mathcal N(0, 0.01^2)$, which makes the start only roughly the identity; zero weights make it exact."""
+    if not 0.0 < pi_init < 1.0:
+        raise ConfigError(f"a nearly open gate starts at pi_init in (0, 1), got {pi_init}")
+    return AttentionVariant(gate="linear", pi_init=pi_init, gate_init_std=0.0, gate_scale=1.0 / pi_init)
 
 
 def module_probabilities(module: nn.Module, scores: torch.Tensor) -> torch.Tensor:
@@ -142,8 +150,10 @@ def set_gamma_scale(model: nn.Module, scale: float) -> None:
 class AttentionGate(nn.Module):
     """$\\sigma(G(x))$ of shape ``[B, H, T, 1]`` from the layer input ``x`` of shape ``[B, T, d]``."""
 
-    def __init__(self, kind: str, hidden: int, heads: int, pi_init: float = 0.5, init_std: float = 0.01):
+    def __init__(self, kind: str, hidden: int, heads: int, pi_init: float = 0.5, init_std: float = 0.01,
+                 scale: float = 1.0):
         super().__init__()
+        self.scale = scale
         if hidden % heads:
             raise ConfigError(f"hidden size {hidden} is not divisible by {heads} heads")
         self.kind, self.heads, self.d_head = kind, heads, hidden // heads
@@ -174,7 +184,8 @@ class AttentionGate(nn.Module):
         return out.unsqueeze(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(x))
+        gate = torch.sigmoid(self.logits(x))
+        return gate if self.scale == 1.0 else gate * self.scale
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
@@ -213,7 +224,7 @@ def install(model: nn.Module, variant: AttentionVariant) -> nn.Module:
         object.__setattr__(m, "outlierbook_variant", variant)
         if variant.gate is not None:
             m.outlierbook_gate = AttentionGate(variant.gate, anat.hidden, anat.heads, variant.pi_init,
-                                               variant.gate_init_std)
+                                               variant.gate_init_std, variant.gate_scale)
             m.register_forward_pre_hook(stash_input, with_kwargs=True)
     claim(model, "variant", anat)
     return model

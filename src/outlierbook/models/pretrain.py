@@ -78,8 +78,9 @@ class PretrainConfig:
     def key(self) -> str:
         d = asdict(self)
         d.pop("checkpoint_every")  # how often we save does not change the model (resuming is exact)
-        if d["variant"]["gate_init_std"] == AttentionVariant.gate_init_std:
-            del d["variant"]["gate_init_std"]  # keys of runs from before the field existed are unchanged
+        for name in ("gate_init_std", "gate_scale"):  # keys of runs from before these fields existed are unchanged
+            if d["variant"][name] == getattr(AttentionVariant, name):
+                del d["variant"][name]
         for name, default in (("init", None), ("freeze_encoder_steps", 0)):
             if d[name] == default:
                 del d[name]
