@@ -108,3 +108,36 @@ def test_task_fine_tuning_with_a_variant_tracks_and_comes_back_with_its_gates(tm
     key = "bert.encoder.layer.0.attention.self.outlierbook_gate.bias"
     assert torch.equal(gate.bias.detach(), stored[key]) and stored[key].abs().max() > 1e-4  # trained away from
     # logit(0.5) = 0, and loaded as trained
+
+
+def test_task_configs_ramp_only_the_clipped_softmax_and_refuse_other_settings():
+    cfgs = rx.task_configs("all-MiniLM-L6-v2", steps=10, batch_size=4, gamma_ramp=0.2, track_every=5)
+    assert [c.gamma_ramp for c in cfgs.values()] == [0.0, 0.2, 0.0, 0.0]
+    assert len({c.key() for c in cfgs.values()}) == 4 and all(c.track_every == 5 for c in cfgs.values())
+    with pytest.raises(ConfigError, match="not a task retrofit setting: variant, wobble"):
+        rx.task_configs(variant=None, wobble=1)
+
+
+def test_the_task_outcome_scores_fp_and_the_best_w8a8_estimator(tiny_bert, char_tokenizer):
+    import types
+
+    from outlierbook.data.glue import TaskData
+
+    model, batch = tiny_bert
+    data = TaskData("sst2", "dev", ["a good film", "bad", "not bad at all", "fine"], None, [1, 0, 1, 1])
+    scored = []
+
+    def score(m=None):
+        with torch.no_grad():
+            value = float((m or model)(**batch).logits.sum())
+        scored.append(value)
+        return value
+
+    setup = types.SimpleNamespace(task="sst2", eval_data=data, tokenizer=char_tokenizer, score=score)
+    probe = rx.sentence_probe(setup, n=3)
+    assert len(probe) == 3 and all(bool(b["attention_mask"].all()) for b in probe)  # one unpadded sentence each
+    out = rx.task_outcome(setup, model, probe, [batch], act_estimators=["running_minmax", ["percentile", {"p": 99.0}]])
+    fp, minmax, percentile = scored
+    assert out["fp"] == fp and out["max_inf_norm"] > 0 and minmax != percentile
+    assert out["w8a8"] == max(minmax, percentile)
+    assert out["w8a8_estimator"] == ("running_minmax" if minmax >= percentile else "('percentile', {'p': 99.0})")

@@ -126,3 +126,96 @@ def retrofit_and_evaluate(label: str, cfg: PretrainConfig, tok, train: torch.Ten
            "gate": cfg.variant.gate or "", "final_loss": history["loss"][-1] if history["loss"] else float("nan"),
            **evaluate_cached(model, cfg, tok, train, test, **eval_kw)}
     return row, history
+
+
+# ------------------------------------------------------------------ many runs, and the outcome table
+
+def run_all(named: dict, seeds, tok, train: torch.Tensor, test: torch.Tensor, progress: bool = True,
+            stage: str = "end", **eval_kw) -> tuple[list[dict], dict]:
+    """:func:`retrofit_and_evaluate` for every ``{label: PretrainConfig}`` and training seed; returns the result
+    rows (tagged with ``stage``) and ``{(label, seed): history}``. Each run resumes from its own checkpoint set."""
+    rows, histories = [], {}
+    for label, cfg in named.items():
+        for seed in seeds:
+            row, hist = retrofit_and_evaluate(label, replace(cfg, seed=seed), tok, train, test, progress=progress,
+                                              **eval_kw)
+            rows.append({**row, "stage": stage})
+            histories[(label, seed)] = hist
+    return rows, histories
+
+
+OUTCOME = ("ppl_fp", "max_inf_norm", "avg_kurtosis", "ppl_w8a8")
+
+
+def outcome(rows: list[dict], metrics=OUTCOME):
+    """Mean and std over training seeds per label and stage (``start`` / ``end``), one row per label."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    g = df.groupby(["label", "stage"], sort=False)[list(metrics)]
+    mean, std = g.mean(), g.std(ddof=1)
+    out = mean.join(std, rsuffix="_std")
+    out["n_seeds"] = g.size()
+    return out.reset_index()
+
+
+# ------------------------------------------------------------------ the task objective (SST-2)
+
+def task_configs(model: str = EMBEDDED, task: str = "sst2", seq_len: int = 128, **settings) -> dict:
+    """One :class:`~outlierbook.models.tasks.FinetuneConfig` per variant (``settings``: its fields, e.g. steps,
+    batch_size, lr, gamma_ramp, track_every, seed); ``gamma_ramp`` applies to the clipped softmax only."""
+    from ..models.tasks import FinetuneConfig
+
+    ramp = settings.pop("gamma_ramp", 0.0)
+    unknown = set(settings) - set(FinetuneConfig.__dataclass_fields__) | ({"model", "task", "variant"} & set(settings))
+    if unknown:
+        raise ConfigError(f"not a task retrofit setting: {', '.join(sorted(unknown))}")
+    return {label: FinetuneConfig(model=model, task=task, variant=v, gamma_ramp=ramp if v.softmax == "clipped" else 0.0,
+                                  **settings)
+            for label, v in variants(seq_len).items()}
+
+
+def sentence_probe(setup, n: int = 32, seed: int = 0) -> list[dict]:
+    """``n`` evaluation sentences of ``setup``, one unpadded sequence each (the 2023 statistics flatten
+    tokens × features per sequence, so padding would enter them)."""
+    from ..models.tasks import encode, subsample
+
+    data = subsample(setup.eval_data, n, seed=seed)
+    out = []
+    for i in range(len(data)):
+        b = None if data.text_b is None else [data.text_b[i]]
+        out.append(encode(setup.tokenizer, [data.text_a[i]], b, 128))
+    return out
+
+
+def task_tracker(probe: list[dict], tokenizer):
+    """``track(model) -> dict`` for a task run: the 2023 statistics and live rows on ``probe``, and the no-op
+    statistics on its first sentences (padding-free, one at a time)."""
+    delims = set(tokenizer.convert_tokens_to_ids([tokenizer.sep_token, tokenizer.cls_token, ".", ","]))
+
+    def track(model):
+        with live_row_shares(model) as shares:
+            s = outlier_stats(model, probe)
+        noop = [noop_statistics(model, b, delims) for b in probe[:8]]
+        return {"max_inf_norm": s["max_inf_norm"], "avg_kurtosis": s["avg_kurtosis"],
+                "live_rows": sum(shares) / len(shares),
+                **{k: sum(n[k] for n in noop) / len(noop) for k in noop[0]}}
+
+    return track
+
+
+def task_outcome(setup, model, probe: list[dict], calibration: list[dict], act_estimators=("running_minmax",)) -> dict:
+    """FP metric, the 2023 statistics on ``probe``, and the W8A8 metric after PTQ with the best of
+    ``act_estimators`` (symmetric per-channel weights, asymmetric per-tensor activations, the 2021/2023
+    placement, as chapter 6 quantizes its language models)."""
+    from ..recipe import Recipe, quantize
+
+    s = outlier_stats(model, probe)
+    out = {"fp": setup.score(model), "max_inf_norm": s["max_inf_norm"], "avg_kurtosis": s["avg_kurtosis"]}
+    per = {}
+    for spec in act_estimators:
+        spec = tuple(spec) if isinstance(spec, list) else spec
+        recipe = Recipe(bits="W8A8", placement="bondarenko", weight_axis=0, act_estimator=spec)
+        per[str(spec)] = setup.score(quantize(model, recipe, calibration))
+    best = max(per, key=per.get)
+    return {**out, "w8a8": per[best], "w8a8_estimator": best}
