@@ -48,3 +48,15 @@ class CharTokenizer:
 @pytest.fixture
 def char_tokenizer():
     return CharTokenizer()
+
+
+@pytest.fixture(scope="module")
+def tok_and_blocks():
+    """A byte-level BPE tokenizer (vocabulary 400) trained on 1 500 Bible verses, and those verses as blocks of 16."""
+    from outlierbook.data.corpus import bible_verses
+    from outlierbook.models.pretrain import token_blocks
+    from outlierbook.models.tokenizer import train_tokenizer
+
+    texts = bible_verses()[:1500]
+    tok = train_tokenizer(texts, vocab_size=400, cache=False)
+    return tok, token_blocks(tok, texts, 16)

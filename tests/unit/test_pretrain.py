@@ -3,18 +3,9 @@
 import pytest
 import torch
 
-from outlierbook.data.corpus import bible_verses
 from outlierbook.errors import ConfigError
 from outlierbook.models.attention_variants import AttentionVariant
-from outlierbook.models.pretrain import PretrainConfig, mask_tokens, pretrain, token_blocks
-from outlierbook.models.tokenizer import train_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok_and_blocks():
-    texts = bible_verses()[:1500]
-    tok = train_tokenizer(texts, vocab_size=400, cache=False)
-    return tok, token_blocks(tok, texts, 16)
+from outlierbook.models.pretrain import PretrainConfig, mask_tokens, pretrain
 
 
 def test_masking_follows_bert():

@@ -5,18 +5,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from outlierbook.data.corpus import bible_verses
 from outlierbook.errors import ConfigError
 from outlierbook.experiments import retrofit as rx
-from outlierbook.models.pretrain import token_blocks
-from outlierbook.models.tokenizer import train_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok_and_blocks():
-    texts = bible_verses()[:1500]
-    tok = train_tokenizer(texts, vocab_size=400, cache=False)
-    return tok, token_blocks(tok, texts, 16)
 
 
 def test_the_four_variants_and_their_configs():
