@@ -265,9 +265,9 @@ show("table5", table5, "table5", "Table 5 at base size: per-embedding groups; pa
 # before MinMax, Token-Wise Clipping (coarse quantile search, then learned ranges), and both; at 8-8-8
 # the rows chapter 5's Table 4 has (MinMax and the framework) and MinMax + GM. FasterTransformer
 # placement, per-channel weights, 256 calibration examples, one calibration seed as in chapter 5.
-# Token-Wise Clipping costs about six times as much per run at base size, so the full profile thins the
-# coarse grid to 10 of its quantiles and runs one epoch of the fine stage (chapter 5: the whole grid,
-# three epochs).
+# Token-Wise Clipping's cost grows with the number of nodes and their width (twice the layers, twice the
+# width here), so the full profile thins the coarse grid to at most 10 of its quantiles and runs one
+# epoch of the fine stage (chapter 5: the whole grid, three epochs).
 
 # %%
 os_rows = []

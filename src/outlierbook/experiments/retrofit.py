@@ -52,9 +52,9 @@ def variants(seq_len: int) -> dict[str, AttentionVariant]:
 def configs(model: str = EMBEDDED, **settings) -> dict[str, PretrainConfig]:
     """One :class:`PretrainConfig` per variant, continuing ``model``; ``settings`` are PretrainConfig fields
     (steps, batch_size, lr, seq_len, freeze_encoder_steps, gamma_ramp, track_every, ...)."""
-    unknown = set(settings) - set(PretrainConfig.__dataclass_fields__)
-    if unknown or {"init", "variant", "kind"} & set(settings):
-        raise ConfigError(f"not a retrofit setting: {', '.join(sorted(unknown | ({'init', 'variant', 'kind'} & set(settings))))}; "
+    bad = (set(settings) - set(PretrainConfig.__dataclass_fields__)) | ({"init", "variant", "kind"} & set(settings))
+    if bad:
+        raise ConfigError(f"not a retrofit setting: {', '.join(sorted(bad))}; "
                           "give PretrainConfig fields other than init, variant and kind")
     base = PretrainConfig(kind="mlm", init=model, **settings)
     return {label: replace(base, variant=v) for label, v in variants(base.seq_len).items()}
