@@ -78,10 +78,15 @@ _UNSET = object()
 
 
 def model_of(recorder) -> str:
-    """The short name of the model a chapter's claims were measured on (its ``model`` parameter; the
-    embedded default when it has none), so the scorecard can give each model its own column."""
+    """The short name of the model a chapter's claims were measured on (the chapter's ``claims_model`` when it
+    trains its own models; else its ``model`` parameter; the embedded default when it has none), so the
+    scorecard can give each model its own column."""
+    from . import registry
     from .models.load import EMBEDDED, short_name
 
+    chapter = getattr(recorder, "chapter", None)
+    if chapter in registry.chapter_ids() and registry.get(chapter).claims_model:
+        return registry.get(chapter).claims_model
     params = getattr(recorder, "params", None) or {}
     return short_name(str(params.get("model") or EMBEDDED))
 VERDICT_WORDS = {True: "HOLDS", False: "DOES NOT HOLD", None: "NOT TESTABLE HERE"}

@@ -98,14 +98,21 @@ def averages_tasks(rule: str, stored_claim: dict) -> bool:
     return "average" in rule.lower() or (("mean" in note or "average" in note) and sum(t in note for t in TASKS) >= 2)
 
 
-def claim_model(record: dict) -> str:
-    """The model a stored claim was measured on (records written before models were recorded: the default)."""
-    return record.get("model") or PRIMARY
+def claim_model(record: dict, chapter: str | None = None) -> str:
+    """The model a stored claim was measured on. Records written before models were recorded: the chapter's
+    ``claims_model`` if it trains its own models, else the default."""
+    from . import registry
+
+    if record.get("model"):
+        return record["model"]
+    if chapter in registry.chapter_ids():
+        return registry.get(chapter).claims_model or PRIMARY
+    return PRIMARY
 
 
 def models_checked(root: Path | None = None) -> list[str]:
     """Every model some chapter stored a claim check for, the book's default first."""
-    found = {claim_model(c) for c in _all_stored(root)}
+    found = {claim_model(c, chapter) for chapter, c in _all_stored(root)}
     return [PRIMARY] + sorted(found - {PRIMARY})
 
 
@@ -120,7 +127,8 @@ def _all_stored(root: Path | None):
                 raise
             except OutlierBookError:
                 continue
-            yield from stored["claims"]
+            for c in stored["claims"]:
+                yield chapter.id, c
 
 
 def stored_claims(root: Path | None = None, model: str | None = None) -> dict[str, dict]:
@@ -140,7 +148,7 @@ def stored_claims(root: Path | None = None, model: str | None = None) -> dict[st
             except OutlierBookError:
                 continue
             for c in stored["claims"]:
-                if claim_model(c) != model:
+                if claim_model(c, chapter.id) != model:
                     continue
                 found[c["id"]] = {**c, "chapter": chapter.id, "profile": profile,
                                   "finished": str(stored["run"].get("finished_utc", ""))[:10]}

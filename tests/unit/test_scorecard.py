@@ -87,3 +87,27 @@ def test_claims_on_another_model_get_their_own_column_and_never_replace_the_defa
     os7 = next(line for line in text.splitlines() if line.startswith("| OS-7 |"))
     assert "| holds |" in os7 and os7.endswith("| does not hold ({doc}`/notebooks/10_base_size` (full)) |")
     assert "On **all-mpnet-base-v2** (1 claims checked" in text
+
+
+def test_claims_of_a_chapter_that_trains_its_own_models_never_count_as_the_default_models(tmp_path, monkeypatch):
+    """Chapter 6 measures QT claims on small models it pre-trains: new records name them, and records stored
+    before models were recorded are attributed by the chapter, so a retrofit run on the default model and the
+    pre-training run each keep their own verdict."""
+    from outlierbook import claims, registry, results
+
+    assert claims.model_of(results.Recorder("06_quantizable", "full", root=tmp_path)) == registry.PRETRAINED_HERE
+    with monkeypatch.context() as m:  # a run stored before claims named their model
+        m.setattr(claims, "model_of", lambda recorder: None)
+        legacy = results.Recorder("06_quantizable", "full", params={}, root=tmp_path)
+        assert claims.check(legacy, "QT-3", ours={"x": 1.0}, paper="p", holds=False)["model"] is None
+        legacy.save()
+    assert scorecard.models_checked(tmp_path) == ["all-MiniLM-L6-v2", registry.PRETRAINED_HERE]
+    assert {r["id"]: r for r in scorecard.rows(root=tmp_path)}["QT-3"]["status"] == "not yet checked"
+    other = {r["id"]: r for r in scorecard.rows(root=tmp_path, model=registry.PRETRAINED_HERE)}
+    assert other["QT-3"]["verdict"] == "does not hold"
+    retrofit = results.Recorder("05_outlier_suppression", "full", params={}, root=tmp_path)
+    claims.check(retrofit, "QT-3", ours={"x": 2.0}, paper="p", holds=True)
+    retrofit.save()
+    assert {r["id"]: r for r in scorecard.rows(root=tmp_path)}["QT-3"]["verdict"] == "holds"
+    assert {r["id"]: r for r in scorecard.rows(root=tmp_path, model=registry.PRETRAINED_HERE)}["QT-3"][
+        "verdict"] == "does not hold"
