@@ -60,10 +60,13 @@ from outlierbook.nbsetup import setup_notebook
 
 settings = setup_notebook(seed=seed)
 
+from functools import partial
+
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from outlierbook import claims, compare, competence
+from outlierbook.experiments import peg_rules as rules
 from outlierbook.experiments import understanding as ux
 from outlierbook.models.tasks import task_setup
 from outlierbook.quant.calibrate import calibration_batches
@@ -366,42 +369,24 @@ print(seed_spread.round(2).to_string())
 state = competence.status(fp, {t: setups[t].eval_data.labels for t in tasks})
 
 
-def averaged(table):
-    """The claim's averages under the ledger's competence precondition and under the old rule (every task)."""
-    return competence.averages(table, state)
-
-
-def verdict(a, rule):
-    """(new rule's verdict, old rule's verdict): None (not testable) with fewer than two competent tasks."""
-    return (None if a.new is None else bool(rule(a.new))), bool(rule(a.old))
-
-
-def shown(a, rows):
-    avg = a.new if a.new is not None else a.old
-    out = {r: round(float(avg[r]), 2) for r in rows}
-    out.update({f"{t} (excluded)": {r: round(float(col[r]), 2) for r in rows} for t, col in a.excluded.items()})
-    return out
-
-
+averaged = partial(competence.averages, state=state)
 a1 = averaged(table1[tasks])
-new, old = verdict(a1, lambda v: v["FP32"] - v["W8A32"] <= 0.5 and v["FP32"] - v["W32A8"] > v["FP32"] - v["W8A32"])
-claims.check(rec, "PEG-1", ours=shown(a1, ["FP32", "W8A8", "W32A8", "W8A32"]),
+new, old = a1.verdicts(rules.peg1)
+claims.check(rec, "PEG-1", ours=a1.shown(["FP32", "W8A8", "W32A8", "W8A32"]),
              paper={"GLUE FP32": 83.06, "W8A8": 71.03, "W32A8": 70.25, "W8A32": 83.23}, holds=new, old_rule=old,
              note=f"best range setting per task; median of {len(seeds)} seed(s); average over {', '.join(a1.tasks)}; "
                   f"{competence.note(state, a1)}")
 
 a2 = averaged(table2[problem_tasks])
-recovery_new = (a2.new if a2.new is not None else a2.old).drop(["none (FP32 model)", "all"]) - \
-    (a2.new if a2.new is not None else a2.old)["all"]
-is_ffn = lambda a: (a.drop(["none (FP32 model)", "all"]) - a["all"]).idxmax() == "all, except residual connections after FFN"
-new, old = verdict(a2, is_ffn)
-claims.check(rec, "PEG-2", ours={"largest recovery": recovery_new.idxmax(), "points": round(float(recovery_new.max()), 2)},
+recovery = rules.recoveries(a2.new if a2.new is not None else a2.old)
+new, old = a2.verdicts(rules.peg2)
+claims.check(rec, "PEG-2", ours={"largest recovery": recovery.idxmax(), "points": round(float(recovery.max()), 2)},
              paper="all except residual after FFN: STS-B 62.64 → 81.57, RTE 48.74 → 67.15", holds=new, old_rule=old,
              note=f"mean over {', '.join(a2.tasks)}; {competence.note(state, a2)}")
 
-a4 = averaged(table4.loc[["FP32", "MP-PTQ*†‡"], problem_tasks])
-new, old = verdict(a4, lambda v: v["FP32"] - v["MP-PTQ*†‡"] <= 1.0)
-claims.check(rec, "PEG-4", ours=shown(a4, ["FP32", "MP-PTQ*†‡"]),
+a4 = averaged(table4.loc[["FP32", rules.MIXED_PRECISION], problem_tasks])
+new, old = a4.verdicts(rules.peg4)
+claims.check(rec, "PEG-4", ours=a4.shown(["FP32", rules.MIXED_PRECISION]),
              paper="STS-B 88.00 vs 89.09; RTE 68.95 vs 70.40", holds=new, old_rule=old,
              note=f"mean over {', '.join(a4.tasks)}; {competence.note(state, a4)}")
 
@@ -409,21 +394,10 @@ claims.check(rec, "PEG-4", ours=shown(a4, ["FP32", "MP-PTQ*†‡"]),
 # rule (K=6+P recovers >= 90 % of the W8A8 gap) is evaluated beside it on the same numbers.
 reference = ux.per_embedding_reference(setups[problem_tasks[0]].model.config.hidden_size)
 a5 = averaged(table5[problem_tasks])
-
-
-def peg5_new(v):
-    return abs(v["6 + P (only FFN)"] - v[reference]) <= 1.0 and v["3 + P (only FFN)"] > v["3 (only FFN)"]
-
-
-def peg5_old(v):
-    gap = v["FP32"] - v["1 (=per-tensor)"]
-    return gap > 0 and (v["6 + P (only FFN)"] - v["1 (=per-tensor)"]) / gap >= 0.9 and v["3 + P (only FFN)"] > v["3 (only FFN)"]
-
-
-claims.check(rec, "PEG-5", ours=shown(a5, ["6 + P (only FFN)", reference, reference.split(",")[0] + ")",
-                                           "1 (=per-tensor)", "3 + P (only FFN)", "3 (only FFN)"]),
+claims.check(rec, "PEG-5", ours=a5.shown([rules.PEG6_K, reference, reference.split(",")[0] + ")",
+                                          rules.PER_TENSOR, rules.PEG3_K, rules.PEG3_BARE]),
              paper="K=6+P ≈ per-embedding (STS-B 87.92 vs 88.26); K=3+P 87.92 > K=3 85.96",
-             holds=None if a5.new is None else peg5_new(a5.new), old_rule=peg5_old(a5.old),
+             holds=None if a5.new is None else rules.peg5(a5.new, reference), old_rule=rules.peg5_old(a5.old),
              note=f"mean over {', '.join(a5.tasks)}; {competence.note(state, a5)}")
 
 sst2_qat = qat8.set_index("task").loc["sst2"] if "sst2" in qat_tasks else None
@@ -434,8 +408,8 @@ claims.check(rec, "PEG-6", ours=None if sst2_qat is None else {"FP32": sst2_qat.
              note=f"{qat_steps} QAT steps of {qat_batch_size}" + ("" if sst2_ok else "; SST-2's FP model not competent"))
 
 a7 = averaged(table7[lowbit_tasks])
-new, old = verdict(a7, lambda v: v["FP32"] - v["W4A8 QAT"] <= 2.0 and v["W4A8 QAT"] - v["W4A8, 2-bit embd. QAT"] <= 1.0)
-_ = claims.check(rec, "PEG-7", ours=shown(a7, ["FP32", "W4A8 QAT", "W4A8, 2-bit embd. QAT"]),
+new, old = a7.verdicts(rules.peg7)
+_ = claims.check(rec, "PEG-7", ours=a7.shown(["FP32", "W4A8 QAT", "W4A8, 2-bit embd. QAT"]),
                  paper="GLUE: W4A8 QAT 82.64, 2-bit embd. 82.29, FP32 83.06", holds=new, old_rule=old,
                  note=f"mean over {', '.join(a7.tasks)}; {competence.note(state, a7)}; reference for the 2-bit embeddings: W4A8 QAT, "
                       "whose embeddings are 4-bit like all its weights")

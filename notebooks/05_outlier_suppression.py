@@ -69,6 +69,7 @@ import pandas as pd
 
 from outlierbook import claims, compare, competence
 from outlierbook.experiments import outlier_suppression as osx
+from outlierbook.experiments import os_rules as rules
 from outlierbook.methods.token_wise_clipping import grid as twc_grid
 from outlierbook.models.tasks import task_setup
 from outlierbook.quant.calibrate import calibration_batches
@@ -485,38 +486,16 @@ claims.check(rec, "OS-3", ours={"largest drop (points)": round(float(w_drop), 3)
 state = competence.status(fp_scores, {t: setups[t].eval_data.labels for t in tasks})
 
 
-def excluded(a):
-    return {f"{t} (excluded)": {k: round(float(v), 2) for k, v in col.items()} for t, col in a.excluded.items()}
-
-
 a3 = competence.averages(table3[tasks], state)
-os7 = lambda v: bool(v["MinMax"] < v["MinMax + GM"] and v["TWC"] < v["GM + TWC"])
-avg3 = a3.new if a3.new is not None else a3.old
-claims.check(rec, "OS-7", ours={**{k: round(float(v), 2) for k, v in avg3.items()}, **excluded(a3)},
-             paper="RoBERTa 6-6-6: MinMax < MinMax+GM; TWC < GM+TWC on every task",
-             holds=None if a3.new is None else os7(a3.new), old_rule=os7(a3.old),
+new, old = a3.verdicts(rules.os7)
+claims.check(rec, "OS-7", ours=a3.shown(list(table3.index)),
+             paper="RoBERTa 6-6-6: MinMax < MinMax+GM; TWC < GM+TWC on every task", holds=new, old_rule=old,
              note=f"averages over {', '.join(a3.tasks)}; {competence.note(state, a3)}")
 
 a4 = competence.averages(table4[tasks], state)
-
-
-def os8(v):
-    six = v.xs("6-6-6", level="bits")
-    eight = v.xs("8-8-8", level="bits") if "8-8-8" in table4_bits else None
-    fp_avg = float(v[("32-32-32", "FP32")])
-    return bool(six["Ours (GM + TWC)"] >= six.drop(["Ours (GM + TWC)"]).max()
-                and (eight is None or fp_avg - eight["Ours (GM + TWC)"] <= 1.0))
-
-
-avg4 = a4.new if a4.new is not None else a4.old
-six = avg4.xs("6-6-6", level="bits")
-fp_avg = float(avg4[("32-32-32", "FP32")])
-os8_ours = {"6-6-6 ours": float(six["Ours (GM + TWC)"]), "6-6-6 best other": float(six.drop(["Ours (GM + TWC)"]).max()),
-            "gap to FP (6-6-6)": fp_avg - float(six["Ours (GM + TWC)"])}
-if "8-8-8" in table4_bits:
-    os8_ours["gap to FP (8-8-8 ours)"] = fp_avg - float(avg4.xs("8-8-8", level="bits")["Ours (GM + TWC)"])
-claims.check(rec, "OS-8", ours=os8_ours, paper="BERT avg: ours 81.19 vs FP 83.83 at 6-6-6 (gap 2.64); 8-8-8 83.96",
-             holds=None if a4.new is None else os8(a4.new), old_rule=os8(a4.old),
+new, old = a4.verdicts(rules.os8)
+claims.check(rec, "OS-8", ours=rules.os8_evidence(a4.new if a4.new is not None else a4.old),
+             paper="BERT avg: ours 81.19 vs FP 83.83 at 6-6-6 (gap 2.64); 8-8-8 83.96", holds=new, old_rule=old,
              note=f"best on the average over {', '.join(a4.tasks)} at 6-6-6 (ties count) and 8-8-8 within 1 point of FP; "
                   f"{competence.note(state, a4)}")
 

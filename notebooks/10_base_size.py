@@ -71,14 +71,15 @@ from outlierbook.nbsetup import setup_notebook
 
 settings = setup_notebook(seed=seed)
 
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import pandas as pd
 
-from outlierbook import claims, competence, scorecard
+from outlierbook import claims, competence, outlier_precondition, scorecard
 from outlierbook.analysis.lm_outliers import outlier_stats
 from outlierbook.experiments import base_size as bs
 from outlierbook.experiments import naq as nx
+from outlierbook.experiments import os_rules, peg_rules
 from outlierbook.experiments import outlier_suppression as osx
 from outlierbook.experiments import understanding as ux
 from outlierbook.experiments.problem import weight_act_sweep
@@ -166,8 +167,7 @@ for name, by_task in anatomy_models.items():
         paper_stats = outlier_stats(m, alone)
         summary["max inf-norm, 2023 statistic"] = paper_stats["max_inf_norm"]
         summary["avg kurtosis, 2023 statistic"] = paper_stats["avg_kurtosis"]
-        summary["outliers present (≥ 20 and ≥ 20)"] = bool(paper_stats["max_inf_norm"] >= 20
-                                                          and paper_stats["avg_kurtosis"] >= 20)
+        summary["outliers present (≥ 20 and ≥ 20)"] = outlier_precondition.present(paper_stats)
         per_layer[(name, t)], summaries[(name, t)] = table, summary
         rec.update({f"anatomy/{name}/{t}/{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
         rec.add_rows(table.melt(id_vars="layer", var_name="metric").assign(experiment="anatomy", model=name, task=t))
@@ -367,46 +367,33 @@ claims.check(rec, "PEG-3", ours={"ratio last two layers": ratios, "max dims shar
              holds=all(r > 5 for r in ratios) and main["max share of dims holding 90 % (%)"] <= 1.0,
              note=f"{anatomy_task}; ratio of the largest per-token ranges, FFN output over FFN input")
 
-
-def averaged(table):
-    a = competence.averages(table, state)
-    return a, (None if a.new is None else a.new)
-
-
-def shown(a, rows):
-    avg = a.new if a.new is not None else a.old
-    return {r: round(float(avg[r]), 2) for r in rows}
-
-
-a1, v1 = averaged(sweep_table.loc[["FP32", "W8A8", "W32A8", "W8A32"]] if "W8A8" in sweep_table.index else sweep_table)
-peg1 = lambda v: bool(v["FP32"] - v["W8A32"] <= 0.5 and v["FP32"] - v["W32A8"] > v["FP32"] - v["W8A32"])
-claims.check(rec, "PEG-1", ours=shown(a1, [r for r in ("FP32", "W8A8", "W32A8", "W8A32") if r in sweep_table.index]),
+# %%
+averaged = partial(competence.averages, state=state)
+a1 = averaged(sweep_table.loc[["FP32", "W8A8", "W32A8", "W8A32"]] if "W8A8" in sweep_table.index else sweep_table)
+claims.check(rec, "PEG-1", ours=a1.shown([r for r in ("FP32", "W8A8", "W32A8", "W8A32") if r in sweep_table.index]),
              paper={"GLUE FP32": 83.06, "W8A8": 71.03, "W32A8": 70.25, "W8A32": 83.23},
-             holds=None if v1 is None or "W8A8" not in sweep_table.index else peg1(v1),
+             holds=a1.verdicts(peg_rules.peg1)[0] if "W8A8" in sweep_table.index else None,
              note=f"mean of {len(seeds)} seed(s); average over {', '.join(a1.tasks)}; {competence.note(state, a1)}")
-a2, v2 = averaged(table2)
-best_recovery = None if v2 is None else (v2.drop(["none (FP32 model)", "all"]) - v2["all"]).idxmax()
-claims.check(rec, "PEG-2", ours={"largest recovery": best_recovery} if v2 is not None else shown(a2, list(table2.index)),
+a2 = averaged(table2)
+claims.check(rec, "PEG-2", ours={"largest recovery": peg_rules.recoveries(a2.new).idxmax()} if a2.new is not None
+             else a2.shown(list(table2.index)),
              paper="all except residual after FFN: STS-B 62.64 → 81.57, RTE 48.74 → 67.15",
-             holds=None if v2 is None else best_recovery == "all, except residual connections after FFN",
-             note=f"average over {', '.join(a2.tasks)}; {competence.note(state, a2)}")
-a4, v4 = averaged(table4.loc[["FP32", "MP-PTQ*†‡"]])
-claims.check(rec, "PEG-4", ours=shown(a4, ["FP32", "MP-PTQ*†‡"]), paper="STS-B 88.00 vs 89.09; RTE 68.95 vs 70.40",
-             holds=None if v4 is None else bool(v4["FP32"] - v4["MP-PTQ*†‡"] <= 1.0),
+             holds=a2.verdicts(peg_rules.peg2)[0], note=f"average over {', '.join(a2.tasks)}; {competence.note(state, a2)}")
+a4 = averaged(table4.loc[["FP32", peg_rules.MIXED_PRECISION]])
+claims.check(rec, "PEG-4", ours=a4.shown(["FP32", peg_rules.MIXED_PRECISION]),
+             paper="STS-B 88.00 vs 89.09; RTE 68.95 vs 70.40", holds=a4.verdicts(peg_rules.peg4)[0],
              note=f"average over {', '.join(a4.tasks)}; {competence.note(state, a4)}")
 reference = ux.per_embedding_reference(hidden)
-a5, v5 = averaged(table5)
-claims.check(rec, "PEG-5", ours=shown(a5, ["6 + P (only FFN)", reference, "3 + P (only FFN)", "3 (only FFN)"]),
+a5 = averaged(table5)
+claims.check(rec, "PEG-5", ours=a5.shown([peg_rules.PEG6_K, reference, peg_rules.PEG3_K, peg_rules.PEG3_BARE]),
              paper="K=6+P ≈ per-embedding (STS-B 87.92 vs 88.26); K=3+P 87.92 > K=3 85.96",
-             holds=None if v5 is None else bool(abs(v5["6 + P (only FFN)"] - v5[reference]) <= 1.0
-                                                and v5["3 + P (only FFN)"] > v5["3 (only FFN)"]),
+             holds=a5.verdicts(partial(peg_rules.peg5, reference=reference))[0],
              note=f"average over {', '.join(a5.tasks)}; {competence.note(state, a5)}")
 if "6-6-6" in os_tables:
-    a7, v7 = averaged(os_tables["6-6-6"])
-    claims.check(rec, "OS-7", ours=shown(a7, list(os_tables["6-6-6"].index)),
+    a7 = averaged(os_tables["6-6-6"])
+    claims.check(rec, "OS-7", ours=a7.shown(list(os_tables["6-6-6"].index)),
                  paper="RoBERTa 6-6-6: MinMax < MinMax+GM; TWC < GM+TWC on every task",
-                 holds=None if v7 is None else bool(v7["MinMax"] < v7["MinMax + GM"] and v7["TWC"] < v7["GM + TWC"]),
-                 note=f"average over {', '.join(a7.tasks)}; {competence.note(state, a7)}")
+                 holds=a7.verdicts(os_rules.os7)[0], note=f"average over {', '.join(a7.tasks)}; {competence.note(state, a7)}")
 ok = {t: b for t, b in naq_best.items() if b is not None}
 _ = claims.check(rec, "NAQ-3", ours={t: round(float(b["avoided_share"]), 3) for t, b in ok.items()},
                  paper="24–62 % avoided (Figs. 5, 7)",

@@ -75,6 +75,20 @@ class Averages:
     tasks: tuple
     excluded: dict
 
+    def verdicts(self, rule) -> tuple[bool | None, bool]:
+        """(the new rule's verdict, the old rule's) for ``rule(averages) -> bool``: the new one is ``None``
+        (not testable here) with fewer than :data:`MIN_TASKS` competent tasks."""
+        return (None if self.new is None else bool(rule(self.new))), bool(rule(self.old))
+
+    def shown(self, rows, digits: int = 2) -> dict:
+        """The averages of ``rows`` a claim records (the competent tasks', else every task's), with each
+        excluded task's values beside them, labelled."""
+        avg = self.new if self.new is not None else self.old
+        out = {r: round(float(avg[r]), digits) for r in rows}
+        out.update({f"{t} (excluded)": {r: round(float(col[r]), digits) for r in rows}
+                    for t, col in self.excluded.items()})
+        return out
+
 
 def averages(table, state: dict[str, dict]) -> Averages:
     """:class:`Averages` of ``table``'s task columns (columns not in ``state`` are ignored)."""
