@@ -64,6 +64,8 @@ from outlierbook.nbsetup import setup_notebook
 
 settings = setup_notebook(seed=seed)
 
+from dataclasses import replace
+
 import matplotlib.pyplot as plt
 import pandas as pd
 
@@ -74,7 +76,7 @@ from outlierbook.methods.token_wise_clipping import grid as twc_grid
 from outlierbook.models.tasks import task_setup
 from outlierbook.quant.calibrate import calibration_batches
 from outlierbook.recipe import quantize
-from outlierbook.headline import headline_table, run_label
+from outlierbook.headline import experiment_rows, headline_table, run_label
 from outlierbook.memo import Memo
 from outlierbook.results import Recorder, dumps, full_profile_verdicts
 
@@ -155,9 +157,19 @@ rec.add_rows(ln_cos.melt(id_vars=["layer", "ln"], var_name="metric").assign(expe
 rec.add_rows(w_cos.melt(id_vars=["layer"], var_name="metric").assign(experiment="weight_cosine_6bit", task=cosine_task))
 
 # %% tags=["nbval-check-output"]
-print(ln_cos.round(2).to_string(index=False))
+print(run_label(profile))
 print(dumps({ln: f"X' better in {int((g.x_prime > g.x_tilde).sum())}/{len(g)} layers" for ln, g in ln_cos.groupby("ln")}))
-print(w_cos.round(2).to_string(index=False))
+
+# %% [markdown]
+# The result, per layer (in a quick build, the stored full run's):
+
+# %%
+ln_shown = experiment_rows("05_outlier_suppression", profile, "ln_cosine_6bit", ln_cos, wide=("layer", "ln"))
+w_shown = experiment_rows("05_outlier_suppression", profile, "weight_cosine_6bit", w_cos, wide=("layer",))
+display(replace(ln_shown, table=ln_shown.table.set_index(["ln", "layer"])).styled(
+    "ch05_ln_cosine", "6-bit cosine similarity (%) of the LayerNorm outputs X̃ and X'"))
+replace(w_shown, table=w_shown.table.set_index("layer")).styled(
+    "ch05_weight_cosine", "6-bit cosine similarity (%) of the FFN1 weights W and W·diag(γ)")
 
 # %%
 paper_t1 = compare.load_paper("outlier_suppression", "Table 1")
@@ -165,7 +177,7 @@ paper_t1 = paper_t1.pivot(index="setting", columns="metric", values="value")
 paper_t1 = paper_t1.loc[[f"MHA-LN layer {i}" for i in range(12)]]
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
 for ax, (title, frame, xs) in zip(axes, [
-        ("ours: MiniLM, SST-2 (6 layers)", ln_cos[ln_cos.ln == "MHA-LN"], None),
+        ("ours: MiniLM, SST-2 (6 layers)", ln_shown.table[ln_shown.table.ln == "MHA-LN"], None),
         ("paper: BERT-base, SST-2 (Table 1)", paper_t1.reset_index(drop=True), None)]):
     ax.plot(range(len(frame)), frame["x_tilde"].to_numpy(), "o-", label=r"$\tilde X$ (LayerNorm output)")
     ax.plot(range(len(frame)), frame["x_prime"].to_numpy(), "s-", label=r"$X'$ (non-scaling LN output)")

@@ -88,6 +88,7 @@ from outlierbook.nbsetup import setup_notebook
 
 settings = setup_notebook(seed=seed)
 
+import textwrap
 from dataclasses import replace
 
 import matplotlib.pyplot as plt
@@ -99,7 +100,7 @@ from outlierbook.experiments import quantizable as qx
 from outlierbook.models.attention_variants import AttentionVariant
 from outlierbook.models.pretrain import PretrainConfig
 from outlierbook.nbsetup import progress_enabled
-from outlierbook.headline import SMOKE_TEST, run_label
+from outlierbook.headline import SMOKE_TEST, experiment_rows, run_label
 from outlierbook.results import Recorder, dumps, full_profile_verdicts, provenance, stored_full_run
 
 rec = Recorder("06_quantizable", profile, params=dict(
@@ -124,6 +125,23 @@ progress = progress_enabled()
 def clipped(alpha, zeta=1.0, T=seq_len):
     """The clipped softmax with γ = −α/T (the authors' parameterisation)."""
     return AttentionVariant(softmax="clipped", alpha=alpha, seq_len=T, zeta=zeta)
+
+
+stored_full = None if profile == "full" else stored_full_run("06_quantizable")
+stored_tables = qx.stored_tables(stored_full["table"]) if stored_full else {}
+
+
+def shown_table(key: str, current: pd.DataFrame):
+    """The stored full run's table in a quick build, this run's otherwise, with a line saying which."""
+    if key in stored_tables:
+        return stored_tables[key], provenance(stored_full)
+    return current, "this run" + ("" if profile == "full" else f" ({SMOKE_TEST})")
+
+
+def shown_rows(experiment: str, current: pd.DataFrame):
+    """The stored full run's rows of one experiment (for a figure) in a quick build, this run's otherwise."""
+    shown = experiment_rows("06_quantizable", profile, experiment, current)
+    return shown.table, textwrap.fill(shown.source, 80)  # wrapped: it titles a figure
 
 
 # %% tags=["nbval-check-output"]
@@ -217,10 +235,10 @@ for label, (base, changes) in pilot_attempts.items():  # trained and tracked, no
     pilot_hist[(label, seeds[0])] = qx.train_with_tracking(cfg, tok, train, test, progress=progress)[1]
 curves = pd.concat([pd.DataFrame(h["track"]).assign(model=label) for (label, _), h in pilot_hist.items()])
 rec.add_rows(curves.assign(experiment="pilot_curves"))
-rec.add_rows(pd.concat([pd.DataFrame({"step": range(1, len(h["loss"]) + 1), "loss": h["loss"]}).assign(model=label)
-                        for (label, _), h in pilot_hist.items()]).assign(experiment="pilot_loss"))
+curves_shown, curves_source = shown_rows("pilot_curves", curves)  # a quick build plots the full run's pilots
 fig, axes = plt.subplots(3, 1, figsize=(6.4, 8), sharex=True)
-for label, g in curves.groupby("model", sort=False):
+fig.suptitle(curves_source, fontsize=9)
+for label, g in curves_shown.groupby("model", sort=False):
     for ax, col in zip(axes, ["max_inf_norm", "avg_kurtosis", "max_kurtosis"]):
         ax.plot(g["step"], g[col], marker="o", ms=3, label=label)
         ax.set(ylabel=col.replace("_", " "))
@@ -240,11 +258,15 @@ print(dumps({"last / first tracked value": growth}))
 # means the statistic grew during training. The loss curves show how far the models got:
 
 # %%
+losses = pd.concat([pd.DataFrame({"step": range(1, len(h["loss"]) + 1), "loss": h["loss"]}).assign(model=label)
+                    for (label, _), h in pilot_hist.items()])
+losses_shown, losses_source = shown_rows("pilot_loss", losses)
 fig, ax = plt.subplots(figsize=(6, 3))
-for (label, _), h in pilot_hist.items():
-    loss = pd.Series(h["loss"])
+for label, g in losses_shown.groupby("model", sort=False):
+    loss = g.sort_values("step")["loss"].reset_index(drop=True)
     ax.plot(loss.rolling(max(len(loss) // 30, 1)).mean(), label=label)
-ax.set(xlabel="training step", ylabel="training loss (smoothed)")
+ax.set(xlabel="training step", ylabel="training loss (smoothed)", title=losses_source)
+rec.add_rows(losses.assign(experiment="pilot_loss"))
 ax.legend()
 plt.show()
 
@@ -282,25 +304,6 @@ print(table1[["ppl_fp", "max_inf_norm", "avg_kurtosis", "ppl_w8a8", "n_seeds"]].
 # the stored full run, whose numbers are the chapter's results):
 
 # %%
-stored_full = None if profile == "full" else stored_full_run("06_quantizable")
-stored_tables = qx.stored_tables(stored_full["table"]) if stored_full else {}
-
-
-def shown_table(key: str, current: pd.DataFrame):
-    """The stored full run's table in a quick build, this run's otherwise, with a line saying which."""
-    if key in stored_tables:
-        return stored_tables[key], provenance(stored_full)
-    return current, "this run" + ("" if profile == "full" else f" ({SMOKE_TEST})")
-
-
-def shown_rows(experiment: str, current: pd.DataFrame):
-    """The stored full run's rows of one experiment (for a figure) in a quick build, this run's otherwise."""
-    table = stored_full["table"] if stored_full else None
-    if table is not None and "experiment" in table and (table["experiment"] == experiment).any():
-        return table[table["experiment"] == experiment].reset_index(drop=True), "full run"
-    return current, "this run"
-
-
 shown1, source1 = shown_table("table1", table1)
 side1 = qx.beside_paper(shown1, compare.load_paper("quantizable", "Table 1"), qx.table1_setting)
 side1.style.set_uuid("ch06_table1").format({c: "{:.2f}" for c in side1.columns if c[1] == "paper"}, na_rep="—").set_caption(

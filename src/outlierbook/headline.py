@@ -103,6 +103,29 @@ def figure_data(chapter: str, profile: str, prefix: str, current: pd.DataFrame, 
     return Headline(table.sort_index()[list(current.columns)], shown.profile, shown.source)
 
 
+def experiment_rows(chapter: str, profile: str, experiment: str, current: pd.DataFrame, wide: tuple[str, ...] = (),
+                    root=None) -> Headline:
+    """The rows a figure or table draws for one experiment (stored in ``table.csv`` with ``experiment``):
+    the stored full run's in a quick build that has them, else ``current``. ``wide``: the id columns of a
+    table that was stored melted (``metric``/``value`` columns) and is turned back into ``current``'s shape."""
+    stored = None if profile == "full" else stored_full_run(chapter, root)
+    table = None if stored is None else stored["table"]
+    if table is not None and "experiment" in table and (table["experiment"] == experiment).any():
+        rows = table[table["experiment"] == experiment].reset_index(drop=True)
+        if wide:
+            rows = rows.pivot_table(index=list(wide), columns="metric", values="value", sort=False).reset_index()
+            rows.columns.name = None
+            rows = rows[[c for c in current.columns if c in rows.columns]]
+            for c in wide:  # the CSV widened id columns to float where other experiments left them empty
+                if c in current.columns:
+                    rows[c] = rows[c].astype(current[c].dtype)
+        return Headline(rows, "full", provenance(stored))
+    if profile == "full":
+        return Headline(current, "full", "this run (full profile)")
+    why = "the stored full run predates this experiment" if stored else "the full profile has not been stored"
+    return Headline(current, profile, f"this run ({SMOKE_TEST}; {why})")
+
+
 def figure_metrics(prefix: str, frame: pd.DataFrame) -> dict:
     """The ``prefix/<index>/<column>`` metrics that :func:`figure_data` reads back."""
     return {f"{prefix}/{i}/{c}": float(v) for i, row in frame.iterrows() for c, v in row.items()}

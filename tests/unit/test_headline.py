@@ -111,3 +111,25 @@ def test_figure_data_come_back_from_the_stored_run_with_numeric_index(tmp_path):
     assert shown.table["outliers"].tolist() == full["outliers"].tolist()
     own = figure_data("03_y", "quick", "fig_dims", quick, root=tmp_path)
     assert not own.from_stored_run and own.table.equals(quick)
+
+
+def test_experiment_rows_come_from_the_stored_full_run_and_melted_tables_come_back_wide(tmp_path):
+    from outlierbook.headline import experiment_rows
+
+    current = pd.DataFrame({"layer": [0, 1], "ln": ["MHA-LN", "MHA-LN"], "x_tilde": [90.0, 91.0], "x_prime": [95.0, 96.0]})
+    h = experiment_rows("05_x", "quick", "ln_cosine", current, wide=("layer", "ln"), root=tmp_path)
+    assert h.profile == "quick" and SMOKE_TEST in h.source and h.table.equals(current)
+    rec = results.Recorder("05_x", "full", root=tmp_path)
+    full = current.assign(x_tilde=[80.0, 81.0], x_prime=[97.0, 98.0])
+    rec.add_rows(full.melt(id_vars=["layer", "ln"], var_name="metric").assign(experiment="ln_cosine"))
+    rec.add_rows(pd.DataFrame({"step": [1], "loss": [2.0]}).assign(experiment="curves"))
+    rec.save()
+    h = experiment_rows("05_x", "quick", "ln_cosine", current, wide=("layer", "ln"), root=tmp_path)
+    assert h.from_stored_run and h.profile == "full"
+    assert list(h.table.columns) == list(current.columns) and h.table["x_prime"].tolist() == [97.0, 98.0]
+    assert h.table["layer"].dtype == current["layer"].dtype  # the CSV stored it as float beside other experiments
+    long = experiment_rows("05_x", "quick", "curves", pd.DataFrame({"step": [], "loss": []}), root=tmp_path)
+    assert long.table["loss"].tolist() == [2.0]
+    missing = experiment_rows("05_x", "quick", "figure9", current, root=tmp_path)
+    assert missing.table.equals(current) and "predates" in missing.source
+    assert experiment_rows("05_x", "full", "ln_cosine", current, root=tmp_path).table.equals(current)
