@@ -166,15 +166,28 @@ rec.add_rows(ranges.melt(id_vars="layer", var_name="metric").assign(experiment="
 # %% tags=["nbval-check-output"]
 print(ranges.round(2).to_string(index=False))
 
+# %% [markdown]
+# One sentence up close (the first of the sample; in a quick build, the stored full run's first sentence,
+# like the head panel in section 4): the per-token min … max of the last layer's FFN input and output.
+
 # %%
 first = slice(0, lengths[0])
-fig, axes = plt.subplots(2, 1, figsize=(8.6, 4.2), sharex=True)
-for ax, kind in zip(axes, ("attention.ln", "ffn.output")):
+one_sentence = pd.DataFrame({"token_id": batches[0]["input_ids"][0, first].float().numpy()},
+                            index=pd.RangeIndex(lengths[0], name="position"))
+for kind, name in (("attention.ln", "input"), ("ffn.output", "output")):
     x = acts[f"layer{n_layers - 1}.{kind}"][first]
-    ax.fill_between(np.arange(x.shape[0]), x.amin(1).numpy(), x.amax(1).numpy(), alpha=0.6)
-    ax.set(ylabel="min … max", title=f"layer {n_layers - 1}, FFN {'input' if kind == 'attention.ln' else 'output'}")
-axes[1].set_xticks(np.arange(lengths[0]))
-axes[1].set_xticklabels(tokens[: lengths[0]], rotation=90, fontsize=7)
+    one_sentence[f"{name} min"], one_sentence[f"{name} max"] = x.amin(1).numpy(), x.amax(1).numpy()
+rec.update(figure_metrics("fig_one_sentence", one_sentence))
+sentence_shown = figure_data("03_anatomy_of_outliers", profile, "fig_one_sentence", one_sentence)
+fig, axes = plt.subplots(2, 1, figsize=(8.6, 4.2), sharex=True)
+fig.suptitle(sentence_shown.source, fontsize=8)
+for ax, name in zip(axes, ("input", "output")):
+    t = sentence_shown.table
+    ax.fill_between(t.index, t[f"{name} min"], t[f"{name} max"], alpha=0.6)
+    ax.set(ylabel="min … max", title=f"layer {n_layers - 1}, FFN {name}")
+axes[1].set_xticks(sentence_shown.table.index)
+axes[1].set_xticklabels(setup.tokenizer.convert_ids_to_tokens(sentence_shown.table["token_id"].astype(int).tolist()),
+                        rotation=90, fontsize=7)
 fig.tight_layout()
 plt.show()
 
@@ -257,16 +270,29 @@ print(heads.round(3).to_string(index=False))
 show_layer = int(heads["delimiter mass, outlier heads"].fillna(-1).idxmax())
 show_head = heads.loc[show_layer, "outlier heads"][0]
 r, n0 = records[0][show_layer], lengths[0]
-p = r["probs"][0, show_head, :n0, :n0]
-vnorm = r["values"][0, show_head, :n0].norm(dim=-1)
+head_keys = pd.DataFrame({"token_id": batches[0]["input_ids"][0, :n0].float().numpy(),
+                          "value norm": r["values"][0, show_head, :n0].norm(dim=-1).numpy(),
+                          "layer": float(show_layer), "head": float(show_head)}, index=pd.RangeIndex(n0, name="key"))
+# p(q→k) flattened row by row (pair = q·n + k): a stored run's sentence may have another length n
+head_probs = pd.DataFrame({"p": r["probs"][0, show_head, :n0, :n0].reshape(-1).numpy()},
+                          index=pd.RangeIndex(n0 * n0, name="pair"))
+rec.update({**figure_metrics("fig_noop_head_keys", head_keys), **figure_metrics("fig_noop_head_probs", head_probs)})
+keys_shown = figure_data("03_anatomy_of_outliers", profile, "fig_noop_head_keys", head_keys).table
+probs_shown = figure_data("03_anatomy_of_outliers", profile, "fig_noop_head_probs", head_probs)
+n_keys = len(keys_shown)
+p = probs_shown.table["p"].to_numpy().reshape(n_keys, n_keys)
+vnorm = keys_shown["value norm"].to_numpy()
+key_tokens = setup.tokenizer.convert_ids_to_tokens(keys_shown["token_id"].astype(int).tolist())
 fig, axes = plt.subplots(1, 3, figsize=(8.6, 3.8), gridspec_kw={"width_ratios": [1, 0.5, 1]})
-axes[0].imshow(p.numpy(), cmap="viridis")
-axes[0].set(title=f"layer {show_layer}, head {show_head}: p(q→k)", xlabel="key", ylabel="query")
-axes[1].barh(np.arange(n0), vnorm.numpy())
+fig.suptitle(probs_shown.source, fontsize=8)
+axes[0].imshow(p, cmap="viridis")
+axes[0].set(title=f"layer {int(keys_shown['layer'].iloc[0])}, head {int(keys_shown['head'].iloc[0])}: p(q→k)",
+            xlabel="key", ylabel="query")
+axes[1].barh(np.arange(n_keys), vnorm)
 axes[1].invert_yaxis()
-axes[1].set(title="‖v_k‖", yticks=np.arange(n0))
-axes[1].set_yticklabels(tokens[:n0], fontsize=7)
-axes[2].imshow((p * vnorm[None, :]).numpy(), cmap="viridis")
+axes[1].set(title="‖v_k‖", yticks=np.arange(n_keys))
+axes[1].set_yticklabels(key_tokens, fontsize=7)
+axes[2].imshow(p * vnorm[None, :], cmap="viridis")
 axes[2].set(title="p(q→k)·‖v_k‖", xlabel="key")
 fig.tight_layout()
 plt.show()
