@@ -156,3 +156,27 @@ def test_retrofitting_starts_from_the_pretrained_encoder_and_trains_the_head_alo
         PretrainConfig(kind="clm", init="x")
     with pytest.raises(ConfigError, match="freeze_encoder_steps must lie in"):
         PretrainConfig(init="x", steps=5, freeze_encoder_steps=6)
+
+
+def test_the_masked_lm_loss_projects_only_labelled_tokens_and_equals_the_models_own():
+    from transformers import BertConfig, BertForMaskedLM
+
+    from outlierbook.models.training import hf_loss, masked_lm_loss
+
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=32, max_position_embeddings=16)).eval()
+    ids = torch.randint(5, 50, (3, 10))
+    labels = torch.full_like(ids, -100)
+    labels[:, ::4] = ids[:, ::4]
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    ours, theirs = masked_lm_loss(model, batch), hf_loss(model, batch)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+    g_ours = torch.autograd.grad(ours, list(model.parameters()), allow_unused=True)
+    g_theirs = torch.autograd.grad(hf_loss(model, batch), list(model.parameters()), allow_unused=True)
+    for a, b in zip(g_ours, g_theirs):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-6))
+    seen = []
+    model.cls.predictions.decoder.register_forward_hook(lambda m, i, o: seen.append(o.shape[0]))
+    masked_lm_loss(model, batch)
+    assert seen == [int((labels != -100).sum())]  # 9 rows projected, not 30

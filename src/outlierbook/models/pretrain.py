@@ -35,7 +35,7 @@ from ..atomic import recover, replace_folder, write_synced
 from ..errors import ConfigError
 from ..paths import cache_dir
 from .attention_variants import AttentionVariant, install, set_gamma_scale
-from .training import hf_loss, run_steps
+from .training import hf_loss, masked_lm_loss, run_steps
 
 
 @dataclass(frozen=True)
@@ -279,7 +279,8 @@ def pretrain(cfg: PretrainConfig, tokenizer, blocks: torch.Tensor, track=None, p
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             checkpoint(step + 1)
 
-    run_steps(model, batches(), hf_loss, optimizer, scheduler, accelerator, desc=f"pre-train {cfg.key()}",
+    loss_of = masked_lm_loss if cfg.kind == "mlm" else hf_loss
+    run_steps(model, batches(), loss_of, optimizer, scheduler, accelerator, desc=f"pre-train {cfg.key()}",
               progress=progress, initial=start, total=cfg.steps, after_step=after_step)
     if ramp_steps:
         set_gamma_scale(model, 1.0)

@@ -89,6 +89,23 @@ def hf_loss(model, batch) -> torch.Tensor:
     return model(**batch).loss
 
 
+def masked_lm_loss(model, batch) -> torch.Tensor:
+    r"""A BERT masked-LM loss that projects only the labelled tokens onto the vocabulary.
+
+    .. math:: \ell = \frac{1}{|M|} \sum_{t \in M} -\log \operatorname{softmax}(W h_t + b)_{y_t},
+              \qquad M = \{t : y_t \ne -100\}
+
+    the same mean cross-entropy as ``BertForMaskedLM(**batch).loss``, which projects every token and then
+    ignores the unlabelled ones. With 15 % of tokens labelled and a 30 522-word vocabulary the projection is
+    over half of MiniLM's training cost, so this skips about 85 % of it. Other models: their own loss."""
+    if not (hasattr(model, "bert") and hasattr(model, "cls")):
+        return hf_loss(model, batch)
+    labels = batch["labels"]
+    hidden = model.bert(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).last_hidden_state
+    chosen = labels != -100
+    return torch.nn.functional.cross_entropy(model.cls(hidden[chosen]), labels[chosen])
+
+
 def run_steps(model, steps, loss_of, optimizer, scheduler, accelerator, desc: str, progress: bool = True,
               clip: float | None = 1.0, initial: int = 0, total: int | None = None, before_step=None,
               after_step=None) -> list[float]:
