@@ -425,12 +425,24 @@ print(timing.round(2).to_string())
 # ## Table 5: quantization-aware training at 4-bit weights
 #
 # QAT fine-tunes the weights and the quantizers' ranges together through the straight-through
-# estimator, on the task's training data. Three initialisations and range parameterisations:
+# estimator, on the task's training data. Three initialisations and range parameterisations of the
+# activations:
 #
-# - **LSQ+** from MinMax ranges (scales and zero points learned, LSQ gradient scaling);
-# - **PACT** from MinMax ranges: the activation clipping bounds $[l, u]$ are the parameters,
-#   $\partial\hat x/\partial u = \mathbb 1[x>u]$ (weights keep LSQ scales);
+# - **LSQ+** {cite:p}`bhalgat2020lsqplus` from MinMax ranges: scales and zero points learned, with LSQ's
+#   gradient scale $g = 1/\sqrt{N\,q_{max}}$ for $N$ elements per scale;
+# - **PACT** {cite:p}`choi2018pact` from MinMax ranges: the activation clipping bounds $[l, u]$ are the
+#   parameters, $\partial\hat x/\partial u = \mathbb 1[x>u]$ (PACT's straight-through rule, two-sided because
+#   a transformer's activations are signed);
 # - **ours**: Gamma Migration + TWC's coarse stage, then LSQ+.
+#
+# The weights start the same way in all three, as LSQ+ initialises them (`quant.estimators.MeanStd`,
+# the authors' `LSQPlusObserver`): a symmetric scale from $\max(|\mu - 3\sigma|, |\mu + 3\sigma|)$ per
+# weight matrix, not from $\max|w|$. At 4 bits the difference decides whether QAT starts from a model or
+# from noise: BERT's largest weights lie many standard deviations out, and a min-max scale rounds most
+# weights to zero. Where we still differ from the baselines' papers: PACT initialises its bound at a
+# constant and regularises it with weight decay, ours starts it from MinMax with no decay (as every range
+# here); and the papers searched learning rates per method, we give all three one learning rate and
+# the same steps.
 #
 # The same training loop as fine-tuning (Accelerate, AdamW, warm-up and linear decay), on SST-2,
 # without knowledge distillation.

@@ -195,3 +195,38 @@ def test_an_estimator_whose_samples_are_not_saved_says_so():
     fresh.load_state_dict(q.state_dict())
     with pytest.raises(OutlierBookError, match="observe the calibration batches again"):
         fresh.fix()
+
+
+def test_lsq_plus_weight_initialisation_is_mean_plus_minus_three_std_per_row():
+    from outlierbook.quant.estimators import MeanStd
+
+    torch.manual_seed(0)
+    w = torch.randn(4, 1000) * 0.05
+    w[0, 0] = 1.0  # one large weight: min-max would set the scale by it
+    e = make_estimator(("mean_std", {"k": 3.0}))
+    assert isinstance(e, MeanStd)
+    e.update(w)
+    lo, hi = e.compute()
+    assert torch.allclose(hi, w.mean(1) + 3 * w.std(1, unbiased=False)) and torch.allclose(lo, w.mean(1) - 3 * w.std(1, unbiased=False))
+    grid = Grid(4, symmetric=True)
+    scale, _ = qparams(lo, hi, grid)
+    assert scale[0].item() < 0.5 * 1.0 / grid.qmax  # far finer than max|w| / qmax
+    with pytest.raises(ConfigError, match="k > 0"):
+        MeanStd(k=0)
+
+
+def test_every_qat_variant_starts_its_weights_as_lsq_plus_does(monkeypatch):
+    from outlierbook.experiments import outlier_suppression as osx
+
+    seen = []
+    monkeypatch.setattr(osx, "quantize", lambda model, recipe, batches: seen.append(recipe) or (_ for _ in ()).throw(
+        RuntimeError("stop after the recipe")))
+
+    class Setup:
+        task, model = "sst2", None
+
+    for variant in osx.QAT_VARIANTS:
+        with pytest.raises(RuntimeError, match="stop after the recipe"):
+            osx.qat_variant(Setup(), variant, "4-4-4", [], steps=1)
+    assert [r.weight_estimator for r in seen] == [osx.QAT_WEIGHT_ESTIMATOR] * len(osx.QAT_VARIANTS)
+    assert osx.QAT_WEIGHT_ESTIMATOR == ("mean_std", {"k": 3.0})

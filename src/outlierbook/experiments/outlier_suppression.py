@@ -115,10 +115,13 @@ def migration_max_difference(model, migrated, batches) -> float:
 
 
 QAT_VARIANTS = {
-    "LSQ+": ("minmax", False),  # (PTQ initialisation, PACT activations)
+    "LSQ+": ("minmax", False),  # (PTQ initialisation of the activations, PACT activations)
     "PACT": ("minmax", True),
     "Ours (GM + TWC coarse → LSQ+)": ("gm+twc_coarse", False),
 }
+# every QAT variant starts its weight scales as LSQ+ does (mean ± 3σ per row, the authors' LSQPlusObserver), so
+# the three differ only in how their activation ranges start and are learned
+QAT_WEIGHT_ESTIMATOR = ("mean_std", {"k": 3.0})
 
 
 def qat_variant(setup, variant: str, bits: Bits, batches, steps: int, batch_size: int = 32, lr: float = 2e-5,
@@ -133,14 +136,15 @@ def qat_variant(setup, variant: str, bits: Bits, batches, steps: int, batch_size
     bits = Bits.parse(bits)
 
     def run():
-        qm = quantize(setup.model, recipe_for(init, bits, twc_max_candidates), batches)
+        recipe = recipe_for(init, bits, twc_max_candidates).replace(weight_estimator=QAT_WEIGHT_ESTIMATOR)
+        qm = quantize(setup.model, recipe, batches)
         result = qat_and_score(qm, setup, steps=steps, batch_size=batch_size, lr=lr, seed=seed, pact=pact,
                                progress=progress)
         return {"task": setup.task, "variant": variant, "bits": bits.wea, "ptq_init": result["ptq"],
                 "value": result["value"], "final_loss": result["final_loss"], "steps": steps}
 
     key = {"experiment": "qat", "variant": variant, "bits": bits.wea, "steps": steps, "batch_size": batch_size,
-           "lr": lr, "seed": seed, "twc_max_candidates": twc_max_candidates}
+           "lr": lr, "seed": seed, "twc_max_candidates": twc_max_candidates, "weight_init": "mean_std:3"}
     return kept(memo, setup, key, run)
 
 

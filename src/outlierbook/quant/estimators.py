@@ -167,6 +167,34 @@ class Percentile(CurrentMinMax):
         return f"Percentile(p={self.p})"
 
 
+class MeanStd(CurrentMinMax):
+    r"""LSQ+'s weight initialisation (Bhalgat et al. 2020, §3.2; the authors' ``LSQPlusObserver``): per row,
+
+    .. math:: [\mu - k\sigma,\ \mu + k\sigma], \qquad k = 3,
+
+    so a symmetric grid gets :math:`s = \max(|\mu - 3\sigma|, |\mu + 3\sigma|) / q_{max}` instead of
+    :math:`\max|w| / q_{max}`: at 4 bits a min-max scale over weights whose largest value lies ten standard
+    deviations out rounds most weights to zero. Meant for weights (one observation); repeated updates keep
+    the last."""
+
+    name = "mean_std"
+
+    def __init__(self, k: float = 3.0):
+        if not k > 0:
+            raise ConfigError(f"mean_std needs k > 0 standard deviations, got {k}")
+        self.k = k
+        super().__init__()
+
+    def update(self, rows):
+        rows = rows.detach().float()
+        mean, std = rows.mean(dim=1), rows.std(dim=1, unbiased=False)
+        self.lo, self.hi = mean - self.k * std, mean + self.k * std
+        self.n_updates += 1
+
+    def __repr__(self):
+        return f"MeanStd(k={self.k})"
+
+
 class _GridBound(RangeEstimator):
     """An estimator whose search quantizes: it needs the quantizer's grid, bound by the quantizer (``bind``)."""
 
@@ -415,7 +443,7 @@ class PerBatchOMSE(_GridBound):
         return self.lo, self.hi
 
 
-ESTIMATORS = {cls.name: cls for cls in (CurrentMinMax, AllMinMax, RunningMinMax, AvgMinMax, Percentile, MSE,
+ESTIMATORS = {cls.name: cls for cls in (CurrentMinMax, AllMinMax, RunningMinMax, AvgMinMax, Percentile, MeanStd, MSE,
                                         GoldenSectionMSE, PerBatchOMSE, TokenWiseClip, TokenExtremes)}
 
 
