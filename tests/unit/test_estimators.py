@@ -230,3 +230,26 @@ def test_every_qat_variant_starts_its_weights_as_lsq_plus_does(monkeypatch):
             osx.qat_variant(Setup(), variant, "4-4-4", [], steps=1)
     assert [r.weight_estimator for r in seen] == [osx.QAT_WEIGHT_ESTIMATOR] * len(osx.QAT_VARIANTS)
     assert osx.QAT_WEIGHT_ESTIMATOR == ("mean_std", {"k": 3.0})
+
+
+def test_the_weight_initialisation_table_counts_zeros_over_every_encoder_weight(tiny_bert):
+    from outlierbook.experiments import outlier_suppression as osx
+    from outlierbook.models.anatomy import anatomy
+
+    model, _ = tiny_bert
+    layer0 = anatomy(model).layers[0]
+    with torch.no_grad():
+        layer0.ffn_in.weight[0, 0] = 50.0  # one huge weight: min-max rounds the rest of its row to zero
+    table = osx.weight_init_table(model, bits=(4,)).set_index("estimator")
+    assert list(table.columns) == ["bits", "rounded to zero (%)", "rounding MSE (×1e-6)"]
+    n = sum(getattr(l, r).weight.numel() for l in anatomy(model).layers
+            for r in ("query", "key", "value", "out", "ffn_in", "ffn_out"))
+    row = layer0.ffn_in.weight.shape[1]
+    assert table.loc["current_minmax", "rounded to zero (%)"] >= 100 * (row - 1) / n
+    zeros = 0
+    for l in anatomy(model).layers:  # the LSQ+ start, computed directly: symmetric 4-bit, mean ± 3σ per row
+        for r in ("query", "key", "value", "out", "ffn_in", "ffn_out"):
+            w = getattr(l, r).weight.detach()
+            absmax = torch.maximum((w.mean(1) - 3 * w.std(1, unbiased=False)).abs(), w.mean(1) + 3 * w.std(1, unbiased=False))
+            zeros += int((torch.round(w / (absmax / 7)[:, None]) == 0).sum())
+    assert table.loc["mean_std", "rounded to zero (%)"] == pytest.approx(100 * zeros / n)

@@ -181,6 +181,34 @@ def weight_cosine_table(model, bits: int = 6):
     return pd.DataFrame(rows)
 
 
+@torch.no_grad()
+def weight_init_table(model, bits=(4, 6, 8), estimators=("current_minmax", QAT_WEIGHT_ESTIMATOR)):
+    r"""How a weight estimator starts QAT: over every linear weight of the encoder layers, with symmetric
+    per-output-channel scales as the recipes quantize them, the share of weights that round to zero,
+    :math:`|\lfloor w/s \rceil| = 0`, and the mean squared rounding error :math:`\overline{(\hat w - w)^2}`."""
+    import pandas as pd
+
+    from ..models.anatomy import anatomy
+    from ..quant.estimators import make_estimator
+    from ..quant.quantizer import Grid, qparams
+
+    weights = [getattr(layer, role).weight for layer in anatomy(model).layers
+               for role in ("query", "key", "value", "out", "ffn_in", "ffn_out")]
+    rows = []
+    for spec in estimators:
+        for b in bits:
+            grid, zeros, err, n = Grid(b, symmetric=True), 0, 0.0, 0
+            for w in weights:
+                est = make_estimator(spec)
+                est.update(w.detach())
+                scale = qparams(*est.compute(), grid)[0][:, None]
+                q = torch.clamp(torch.round(w / scale), grid.qmin, grid.qmax)
+                zeros, err, n = zeros + int((q == 0).sum()), err + float(((q * scale - w) ** 2).sum()), n + w.numel()
+            rows.append({"estimator": spec if isinstance(spec, str) else spec[0], "bits": b,
+                         "rounded to zero (%)": 100 * zeros / n, "rounding MSE (×1e-6)": 1e6 * err / n})
+    return pd.DataFrame(rows)
+
+
 def run_methods(setup, methods, bits: Bits, batches, cache: dict | None = None, memo=None, **kw) -> list[dict]:
     """:func:`score_method` for each method, with progress.
 
