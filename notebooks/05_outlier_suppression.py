@@ -559,7 +559,7 @@ os10 = bool(q444["Ours (GM + TWC coarse → LSQ+)"] > q444["LSQ+"])
 _ = claims.check(rec, "OS-10", ours={k: round(float(v), 2) for k, v in q444.items()},
                  paper="SST-2 4-4-4: ours 91.86 vs LSQ+ 82.34 / PACT 83.03",
                  holds=os10 if lsq_ok else None, old_rule=os10,
-                 note=f"{qat_steps} QAT steps of {qat_batch_size}; {profile} profile"
+                 note=f"{int(table5.steps.iloc[0])} QAT steps of {qat_batch_size}; {profile} profile"
                       + ("" if sst2_ok else "; SST-2's FP model not competent")
                       + ("" if lsq_ok or not sst2_ok else "; LSQ+ at 4-4-4 is not above the majority class + 5, "
                                                           "so the comparison tests nothing"))
@@ -588,8 +588,9 @@ print("results written for", rec.chapter, rec.profile)
 # outlier dimensions of the LN output; the cosine table above shows for which LayerNorms that is true on MiniLM. A 6-layer, 384-wide sentence encoder has milder outliers than
 # BERT-base (chapter 3), so MinMax loses less at 6 bits and every method has less to recover; with
 # the quick profile's 100 evaluation examples one example is one point. The full profile's results
-# (all four tasks, every dev example, 256 calibration examples, the whole quantile grid, 250 QAT
-# steps at both bit-widths) are stored in `results/05_outlier_suppression/full/` and regenerate with
+# (all four tasks, every dev example, 256 calibration examples, the whole quantile grid, one epoch of
+# QAT on SST-2 at 4-4-4, OS-10's setting) are stored in `results/05_outlier_suppression/full/` and
+# regenerate with
 #
 # ```bash
 # .venv/bin/python -m outlierbook run 05_outlier_suppression --profile full

@@ -158,6 +158,12 @@ def _act_settings(name, value):
                               f"e.g. ['running_minmax', 4, 16]; estimators: {', '.join(ESTIMATORS)}")
 
 
+def _qat_steps(name, value):
+    if isinstance(value, str) and value != "epoch":
+        raise ConfigError(f"parameter {name} must be a number of steps or 'epoch' (one pass over the training "
+                          f"split), got {value!r}")
+
+
 def _percentiles(name, value):
     for p in value:
         if not 50 < p <= 100:
@@ -175,6 +181,7 @@ DOMAINS = {
     "weight_estimators": _estimators, "act_estimators": _estimators,
     "act_settings": _act_settings,
     "percentiles": _percentiles,
+    "qat_steps": _qat_steps,
 }
 
 

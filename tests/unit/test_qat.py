@@ -59,3 +59,14 @@ def test_qat_and_score_scores_before_and_after_and_always_unwraps(char_tokenizer
     with pytest.raises(OutlierBookError):
         qat_and_score(qm, bad, steps=1, progress=False)
     assert not hasattr(model.bert.encoder.layer[0].intermediate.dense, "parametrizations")  # unwrapped on error too
+
+
+def test_qat_steps_are_a_count_or_one_epoch_of_the_training_split():
+    from outlierbook.errors import ConfigError
+    from outlierbook.methods.qat import resolve_steps
+
+    assert resolve_steps("epoch", 67349, 32) == 2105 and resolve_steps("epoch", 64, 32) == 2
+    assert resolve_steps(300, 67349, 32) == 300
+    for bad in (0, "epochs", 2.5, True):
+        with pytest.raises(ConfigError, match="positive int or 'epoch'"):
+            resolve_steps(bad, 100, 32)

@@ -88,6 +88,7 @@ def test_staleness_check(tmp_path, monkeypatch):
     (["run", "08_composing", "--set", "bits=[W8A40]"], "parameter bits: bit-width 40 is outside"),
     (["run", "08_composing", "--set", "bits=8"], "parameter bits must be a list"),
     (["run", "04_understanding", "--set", "act_settings=[[mse, 4]]"], "must be [estimator, batches, batch size]"),
+    (["run", "05_outlier_suppression", "--set", "qat_steps=epochs"], "a number of steps or 'epoch'"),
 ])
 def test_cli_parameters_are_type_and_domain_checked_before_any_compute(argv, message, capsys, monkeypatch, tmp_path):
     monkeypatch.delenv("OUTLIERBOOK_ONLINE", raising=False)

@@ -124,14 +124,16 @@ QAT_VARIANTS = {
 QAT_WEIGHT_ESTIMATOR = ("mean_std", {"k": 3.0})
 
 
-def qat_variant(setup, variant: str, bits: Bits, batches, steps: int, batch_size: int = 32, lr: float = 2e-5,
+def qat_variant(setup, variant: str, bits: Bits, batches, steps: int | str, batch_size: int = 32, lr: float = 2e-5,
                 seed: int = 0, twc_max_candidates: int | None = None, progress: bool = True, memo=None) -> dict:
-    """Quantization-aware training of a *copy* of the FP model from one of :data:`QAT_VARIANTS`
-    (kept on disk by ``memo``, if given, so a stopped full run does not train it again)."""
-    from ..methods.qat import qat_and_score
+    """Quantization-aware training of a *copy* of the FP model from one of :data:`QAT_VARIANTS` for ``steps``
+    (``"epoch"``: one pass over the training split), kept on disk by ``memo``, if given, so a stopped full run
+    does not train it again."""
+    from ..methods.qat import qat_and_score, resolve_steps
 
     if variant not in QAT_VARIANTS:
         raise ConfigError(f"unknown QAT variant {variant!r}; use one of: {', '.join(QAT_VARIANTS)}")
+    steps = resolve_steps(steps, len(setup.calibration), batch_size)
     init, pact = QAT_VARIANTS[variant]
     bits = Bits.parse(bits)
 

@@ -272,14 +272,16 @@ def low_bit_config(embedding_bits: int | None = None) -> dict:
     return cfg
 
 
-def qat_run(setup, weight_bits=8, act_bits=8, config: dict | None = None, steps: int = 100, batch_size: int = 32,
+def qat_run(setup, weight_bits=8, act_bits=8, config: dict | None = None, steps: int | str = 100, batch_size: int = 32,
             lr: float = 2e-5, seed: int = 0, init_batch: int = 16, progress: bool = True, memo=None) -> dict:
     """QAT of a copy of the FP model, ranges initialised by PTQ (current min-max on one batch of
-    ``init_batch`` training examples, as the authors' QAT README does) and then learned."""
-    from ..methods.qat import qat_and_score
+    ``init_batch`` training examples, as the authors' QAT README does) and then learned, for ``steps`` steps
+    (``"epoch"``: one pass over the task's training split)."""
+    from ..methods.qat import qat_and_score, resolve_steps
 
     if setup.zero_shot:
         raise ConfigError("QAT needs a trained head; use task_setup(..., stsb_head=True) for STS-B")
+    steps = resolve_steps(steps, len(setup.calibration), batch_size)
 
     def run():
         qm = quantize(setup.model, recipe(weight_bits, act_bits, config=config),

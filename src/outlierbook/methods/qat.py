@@ -9,12 +9,27 @@ ranges together through the straight-through estimator, with the book's one trai
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..data.glue import TaskData
-from ..errors import OutlierBookError
+from ..errors import ConfigError, OutlierBookError
 from ..models.training import decay_groups, train_loader, train_loop
 from ..quant.nodes import QuantizedModel, check_calibrated
+
+
+EPOCH = "epoch"
+
+
+def resolve_steps(steps: int | str, n_train: int, batch_size: int) -> int:
+    """QAT steps: ``steps`` itself, or for ``"epoch"`` one pass over the training split, ⌈n_train / batch⌉."""
+    if steps == EPOCH:
+        return max(math.ceil(n_train / batch_size), 1)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"QAT steps must be a positive int or {EPOCH!r} (one pass over the training split), "
+                          f"got {steps!r}")
+    return steps
 
 
 def qat(qm: QuantizedModel, train: TaskData, tokenizer, steps: int, batch_size: int = 32, lr: float = 2e-5,
