@@ -223,7 +223,7 @@ def test_every_qat_variant_starts_its_weights_as_lsq_plus_does(monkeypatch):
         RuntimeError("stop after the recipe")))
 
     class Setup:
-        task, model = "sst2", None
+        task, model, calibration = "sst2", None, [None] * 64
 
     for variant in osx.QAT_VARIANTS:
         with pytest.raises(RuntimeError, match="stop after the recipe"):

@@ -1,7 +1,7 @@
 r"""The ledger's rules for the Quantizable Transformers claims (QT-3 … QT-7), as pure functions of result rows.
 
 A row is anything with the fields ``ppl_fp``, ``ppl_w8a8``, ``max_inf_norm`` and ``avg_kurtosis`` (a pandas
-row of a chapter's table, or a dict). The rules (``../shared/claims.md``):
+row of a chapter's table, or a dict). The rules (the claims ledger, ``book/claims.md``):
 
 * **fixes** (QT-3, QT-5): a variant *fixes* the vanilla model when
 
