@@ -588,9 +588,10 @@ print("results written for", rec.chapter, rec.profile)
 # outlier dimensions of the LN output; the cosine table above shows for which LayerNorms that is true on MiniLM. A 6-layer, 384-wide sentence encoder has milder outliers than
 # BERT-base (chapter 3), so MinMax loses less at 6 bits and every method has less to recover; with
 # the quick profile's 100 evaluation examples one example is one point. The full profile's results
-# (all four tasks, every dev example, 256 calibration examples, the whole quantile grid, one epoch of
-# QAT on SST-2 at 4-4-4, OS-10's setting) are stored in `results/05_outlier_suppression/full/` and
-# regenerate with
+# (all four tasks, every dev example, 256 calibration examples, the whole quantile grid) are stored in
+# `results/05_outlier_suppression/full/`. The stored run trained QAT for 250 steps at 4-4-8 and 4-4-4;
+# the full profile now trains OS-10's 4-4-4 for one epoch of SST-2 with LSQ+'s weight start, so Table 5
+# and OS-10 change when it is run again with
 #
 # ```bash
 # .venv/bin/python -m outlierbook run 05_outlier_suppression --profile full
