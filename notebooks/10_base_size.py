@@ -388,6 +388,7 @@ a5 = averaged(table5)
 claims.check(rec, "PEG-5", ours=a5.shown([peg_rules.PEG6_K, reference, peg_rules.PEG3_K, peg_rules.PEG3_BARE]),
              paper="K=6+P ≈ per-embedding (STS-B 87.92 vs 88.26); K=3+P 87.92 > K=3 85.96",
              holds=a5.verdicts(partial(peg_rules.peg5, reference=reference))[0],
+             old_rule=None if a5.old is None else peg_rules.peg5_old(a5.old),
              note=f"average over {', '.join(a5.tasks)}; {competence.note(state, a5)}")
 if "6-6-6" in os_tables:
     a7 = averaged(os_tables["6-6-6"])
@@ -405,6 +406,7 @@ print(dumps({c["id"]: c["holds"] for c in rec.claims}))
 
 # %%
 rec.save(extra_run_info={"settings": settings})
+print("results written for", rec.chapter, rec.profile)
 
 # %% [markdown]
 # ## The verdicts side by side
@@ -423,6 +425,63 @@ verdicts = pd.DataFrame({
     "MPNet (full run)": [claims.VERDICT_WORDS[mpnet_claims[i]["holds"]].lower() if i in mpnet_claims else "not run yet"
                          for i in ids]}, index=ids)
 verdicts
+
+# %% [markdown]
+# PEG-5's rule changed in the ledger (2026-11-29: per-embedding PTQ as the reference, where it was "K = 6 + P
+# recovers ≥ 90 % of the W8A8 gap"). The old rule's verdict on the same stored Table 5, averaged over its tasks:
+
+# %% tags=["nbval-check-output"]
+stored_table5 = headline_table("10_base_size", profile, "table5", table5)
+if stored_table5.profile == "full":
+    v5 = stored_table5.table.mean(axis=1)
+    print(dumps({"PEG-5, old rule (≥ 90 % of the gap, K=3+P > K=3)": peg_rules.peg5_old(v5),
+                 "K=6+P share of the W8A8 gap recovered": (v5[peg_rules.PEG6_K] - v5[peg_rules.PER_TENSOR])
+                 / (v5["FP32"] - v5[peg_rules.PER_TENSOR])}))
+else:
+    print("no stored full run of this chapter yet")
+
+# %% [markdown]
+# ## What held, what did not
+#
+# Read against the full run's verdicts in the table above (3 calibration seeds, both tasks' FP models
+# competent: STS-B 88.1 Spearman zero-shot, SST-2 92.4 % after 500 steps):
+#
+# - **The outliers are base-size outliers.** MPNet meets the ledger's *outliers present* precondition
+#   on both tasks (the 2023 statistics, max infinity norm above a thousand and average kurtosis above a
+#   thousand; MiniLM's are about 190 and 1 200–1 600), they sit in fewer than 1 % of the 768 dimensions
+#   (QT-1 holds), and γ and $\max|\tilde X|$ share a top-10 dimension in 11 of 12 attention LayerNorms
+#   (OS-1 holds). Their share on the delimiter tokens is far below the 2023 paper's "> 97 %" on both
+#   models; QT-1's rule reads the dimensions only. **PEG-3 does not hold**: the FFN's output range is
+#   eight times its input range in layer 10 but not in layer 11 (the ratios are in the claim table).
+# - **Per-tensor W8A8 is where the 2021 paper's problem is large.** With per-tensor ranges from 256
+#   examples, W8A8 puts SST-2 at chance and costs STS-B about 25 points, where MiniLM lost 1–2 (chapter
+#   2), while W8A32 is free (**PEG-1 holds**). With ranges from one sequence (Tables 2, 4, 5), keeping
+#   the FFN's residual sum in float recovers the most (**PEG-2 holds**). 16-bit residual sums plus the
+#   FFN's input and output bring STS-B within 0.3 points of FP but leave SST-2 2.5 points below, 1.4 on
+#   the average: **PEG-4 does not hold** by the ledger's 1-point rule (the paper's own gaps are 1.1 and
+#   1.5 points on its two tasks).
+# - **PEG-5 does not hold, by the new rule or the old.** K = 6 without the permutation comes within 0.7
+#   (SST-2) and 4.8 (STS-B) points of per-embedding PTQ, but with the range-based permutation it is
+#   *worse* on STS-B (by 11 points, far outside the 0.8-point std of its seeds), and at K = 3 the
+#   permutation costs 13 points on SST-2 and 19 on STS-B. On MiniLM the permutation was neutral. This is
+#   the one result of the chapter we cannot yet explain; the obvious suspects are the permutation's
+#   ranges (64 examples in one padded batch) and the single calibration sequence that sets each permuted
+#   group's range. Until it is
+#   explained, read it as a measured failure of this implementation at base size, not as evidence
+#   against PEG.
+# - **Outlier Suppression's components each help at 6-6-6** (**OS-7 holds**): Gamma Migration lifts
+#   MinMax by about 16 points on the average, Token-Wise Clipping by 21, both together by 24. At 8-8-8
+#   every method is within a point of FP. These are single calibration seeds, as in chapter 5; the
+#   sweep's std over seeds reaches 4 points on STS-B, so the smallest of these gaps (GM + TWC over TWC on
+#   SST-2, 0.6 points) is not a finding on its own.
+# - **NAQ avoids most of the pre-nonlinearity compute** (**NAQ-3 holds**): at base size, within a point
+#   of FP (0.6 and 1.0 points lost), 87–88 % of the pre-nonlinearity multiply-adds are not recomputed in
+#   full precision.
+#
+# Not tested here: QT-2 (the no-op heads), OS-8 (its baselines), the QAT claims, and the pre-training
+# claims QT-3 … QT-7. MPNet meets their *outliers present* precondition where chapter 6's small
+# pre-trained models do not, so it is the model on which retrofitting clipped softmax and gated attention
+# onto a pretrained encoder would be a real test of them.
 
 # %% [markdown]
 # ## Exercises

@@ -6,7 +6,8 @@ Per page: every formula typeset by the book's own MathJax (no raw ``\\(`` or ``$
 text, ``mjx-container`` present where the page has math); every image loaded; no JavaScript console
 error; no output block or table wider than the text column; figures shown at no less than 2/3 of
 their pixel width (so 10 pt matplotlib text stays readable); a solution toggle opens where a page
-has one; a chapter page offers its executed notebook for download. A screenshot of each page is saved under ``_build/screenshots/`` for a person to look at.
+has one; a chapter page offers its executed notebook for download; no output shows a path of the
+machine that built the book. A screenshot of each page is saved under ``_build/screenshots/`` for a person to look at.
 
 Needs Chromium (Debian's ``chromium``; elsewhere set ``OUTLIERBOOK_CHROMIUM`` to a Chrome or Chromium
 binary, or run ``python -m playwright install chromium``) and a built book (``make html``).
@@ -18,6 +19,7 @@ import functools
 import http.server
 import os
 import shutil
+import tempfile
 import threading
 from pathlib import Path
 
@@ -101,8 +103,16 @@ MEASURE = """() => {
     wide: wide, images: images,
     toggles: document.querySelectorAll('button.toggle-button, details.dropdown summary, .dropdown summary').length,
     notebookDownload: [...document.querySelectorAll('a[href$=".ipynb"]')].length,
+    outputs: [...article.querySelectorAll('div.cell_output')].map(e => e.textContent).join('\\n'),
   };
 }"""
+
+
+def machine_paths(text: str) -> list[str]:
+    """The traces of the build machine in a page's outputs: its checkout's path, its temp folder, a
+    displayed ``PosixPath``."""
+    marks = (str(repo_root()), tempfile.gettempdir().rstrip("/") + "/", "PosixPath(")
+    return [mark for mark in marks if mark in text]
 
 
 @pytest.mark.parametrize("page", pages() or ["<no built book>"])
@@ -142,6 +152,8 @@ def test_page_reads_well_offline(page, server, browser):
         problems += [f"wider than the text column: {w}" for w in m["wide"]]
         problems += [f"JavaScript console error: {e}" for e in errors]
         problems += [f"requested an address outside this machine: {u}" for u in sorted(set(outside))]
+        problems += [f"an output shows a path of the machine that built it ({leak!r}): print a name, not a path"
+                     for leak in machine_paths(m["outputs"])]
         if page.startswith("notebooks/") and not m["notebookDownload"]:
             problems.append("a chapter page offers no download of its executed notebook (.ipynb)")
         if m["toggles"]:
