@@ -464,11 +464,10 @@ else:
 #   (SST-2) and 4.8 (STS-B) points of per-embedding PTQ, but with the range-based permutation it is
 #   *worse* on STS-B (by 11 points, far outside the 0.8-point std of its seeds), and at K = 3 the
 #   permutation costs 13 points on SST-2 and 19 on STS-B. On MiniLM the permutation was neutral. This is
-#   the one result of the chapter we cannot yet explain; the obvious suspects are the permutation's
-#   ranges (64 examples in one padded batch) and the single calibration sequence that sets each permuted
-#   group's range. Until it is
-#   explained, read it as a measured failure of this implementation at base size, not as evidence
-#   against PEG.
+#   the one result of the chapter we cannot yet explain. It is not a misplaced permutation: at 16 bits the
+#   permuted groups compute the FP model on MPNet's architecture (a unit test in `tests/unit/test_anatomy.py`).
+#   Until it is explained, read it as a measured failure of this implementation at base size, not as
+#   evidence against PEG.
 # - **Outlier Suppression's components each help at 6-6-6** (**OS-7 holds**): Gamma Migration lifts
 #   MinMax by about 16 points on the average, Token-Wise Clipping by 21, both together by 24. At 8-8-8
 #   every method is within a point of FP. These are single calibration seeds, as in chapter 5; the
