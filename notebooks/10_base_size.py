@@ -435,8 +435,7 @@ stored_table5 = headline_table("10_base_size", profile, "table5", table5)
 if stored_table5.profile == "full":
     v5 = stored_table5.table.mean(axis=1)
     print(dumps({"PEG-5, old rule (≥ 90 % of the gap, K=3+P > K=3)": peg_rules.peg5_old(v5),
-                 "K=6+P share of the W8A8 gap recovered": (v5[peg_rules.PEG6_K] - v5[peg_rules.PER_TENSOR])
-                 / (v5["FP32"] - v5[peg_rules.PER_TENSOR])}))
+                 "K=6+P share of the W8A8 gap recovered": peg_rules.gap_recovered(v5)}))
 else:
     print("no stored full run of this chapter yet")
 

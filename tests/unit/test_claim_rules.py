@@ -19,6 +19,8 @@ def test_peg_rules():
     assert peg_rules.peg5(v, "per-embedding") and peg_rules.peg5_old(v)  # 18.5 / 20 = 92.5 % of the gap
     assert not peg_rules.peg5(v.replace({79.0: 80.0}), "per-embedding")
     assert not peg_rules.peg5_old(v.replace({78.5: 77.0}))  # 85 % of the gap
+    assert peg_rules.gap_recovered(v) == 0.925
+    assert not peg_rules.peg5_old(v.replace({60.0: 80.0}))  # no gap to recover: the old rule cannot hold
     assert peg_rules.peg7(pd.Series({"FP32": 80.0, "W4A8 QAT": 78.0, "W4A8, 2-bit embd. QAT": 77.0}))
     assert not peg_rules.peg7(pd.Series({"FP32": 80.0, "W4A8 QAT": 78.0, "W4A8, 2-bit embd. QAT": 76.9}))
 

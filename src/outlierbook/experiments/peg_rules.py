@@ -50,10 +50,16 @@ def peg5(v, reference: str) -> bool:
     return bool(abs(v[PEG6_K] - v[reference]) <= 1.0 and v[PEG3_K] > v[PEG3_BARE])
 
 
+def gap_recovered(v) -> float:
+    """Share of the per-tensor W8A8 gap that K = 6 + P recovers: $(v_{K6+P} - v_{1}) / (v_{FP} - v_{1})$
+    (NaN when there is no gap)."""
+    gap = v["FP32"] - v[PER_TENSOR]
+    return float((v[PEG6_K] - v[PER_TENSOR]) / gap) if gap > 0 else float("nan")
+
+
 def peg5_old(v) -> bool:
     """PEG-5 before 2026-11-29: K = 6 + P recovers ≥ 90 % of the per-tensor W8A8 gap, and K = 3 + P > K = 3."""
-    gap = v["FP32"] - v[PER_TENSOR]
-    return bool(gap > 0 and (v[PEG6_K] - v[PER_TENSOR]) / gap >= 0.9 and v[PEG3_K] > v[PEG3_BARE])
+    return bool(gap_recovered(v) >= 0.9 and v[PEG3_K] > v[PEG3_BARE])
 
 
 def peg7(v) -> bool:
