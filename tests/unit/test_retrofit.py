@@ -131,3 +131,41 @@ def test_the_task_outcome_scores_fp_and_the_best_w8a8_estimator(tiny_bert, char_
     assert out["fp"] == fp and out["max_inf_norm"] > 0 and minmax != percentile
     assert out["w8a8"] == max(minmax, percentile)
     assert out["w8a8_estimator"] == ("running_minmax" if minmax >= percentile else "('percentile', {'p': 99.0})")
+
+
+def test_the_task_retrofit_data_refuses_a_regression_task_and_has_no_head():
+    with pytest.raises(ConfigError, match="regression task"):
+        rx.task_data("stsb")
+    setup = rx.task_data("sst2", eval_limit=5)
+    assert setup.model is None and len(setup.eval_data) == 5 and setup.calibration.split == "train"
+
+
+def test_a_task_outcome_is_stored_beside_its_run_and_reused(tiny_bert, char_tokenizer, tmp_path, monkeypatch):
+    import types
+
+    from outlierbook.data.glue import TaskData
+
+    monkeypatch.setenv("OUTLIERBOOK_CACHE", str(tmp_path))
+    model, batch = tiny_bert
+    setup = types.SimpleNamespace(task="sst2", eval_data=TaskData("sst2", "dev", ["a", "b"], None, [1, 0]),
+                                  tokenizer=char_tokenizer)
+    cfg = types.SimpleNamespace(path=lambda: tmp_path / "run")
+    calls = []
+    monkeypatch.setattr(rx, "task_outcome", lambda *a, **k: calls.append(a[4]) or {"fp": 1.0 + len(calls)})
+    first = rx.task_outcome_cached(cfg, setup, model, [batch], [batch], ["running_minmax"])
+    again = rx.task_outcome_cached(cfg, setup, model, [batch], [batch], ["running_minmax"])
+    assert first == again == {"fp": 2.0} and len(calls) == 1  # loaded, not recomputed
+    other = rx.task_outcome_cached(cfg, setup, model, [batch], [batch], ["mse"])
+    assert other == {"fp": 3.0} and len(list((tmp_path / "run").glob("outcome-*.json"))) == 2  # another estimator
+
+
+@pytest.mark.slow
+def test_every_variant_but_softmax_plus_one_starts_at_the_pretrained_encoder():
+    """The issue's bar for the nearly open gate: output within 1e-3 of the pretrained model at step 0."""
+    from outlierbook.models.load import load_tokenizer
+    from outlierbook.models.tasks import encode
+
+    batch = encode(load_tokenizer("all-MiniLM-L6-v2"), ["a film that never finds its feet .", "superb !"])
+    dev = rx.start_deviation("all-MiniLM-L6-v2", rx.variants(128), batch)
+    assert dev["vanilla"] < 1e-4 and dev["clipped softmax"] < 1e-4 and dev["gated attention"] < 1e-3
+    assert dev["softmax + 1"] > 1e-3  # the extra key takes mass from every row

@@ -219,3 +219,89 @@ def task_outcome(setup, model, probe: list[dict], calibration: list[dict], act_e
         per[str(spec)] = setup.score(quantize(model, recipe, calibration))
     best = max(per, key=per.get)
     return {**out, "w8a8": per[best], "w8a8_estimator": best}
+
+
+def task_data(task: str = "sst2", model: str = EMBEDDED, eval_limit: int | None = None, seed: int = 0,
+              data_source: str = "local"):
+    """The task's evaluation data, training split (the calibration pool) and metric for a retrofit, without a
+    fine-tuned head: each variant trains its own (:func:`task_configs`). ``setup.model`` is ``None``; score a
+    model with ``setup.score(model)``."""
+    from ..data.glue import load_task, task_spec
+    from ..models.load import load_tokenizer
+    from ..models.tasks import TaskSetup, subsample
+
+    spec = task_spec(task)
+    if spec.name == "stsb" or spec.num_labels < 2:
+        raise ConfigError(f"the task retrofit fine-tunes a classifier: {task!r} is a regression task; use sst2, mrpc or rte")
+    eval_data = subsample(load_task(spec.name, "dev", source=data_source), eval_limit, seed)
+    return TaskSetup(spec.name, None, load_tokenizer(model), eval_data, load_task(spec.name, "train", source=data_source),
+                     "accuracy", checkpoint="retrofit")
+
+
+_TASK_EVAL_SOURCES = ("experiments/retrofit.py", "analysis/lm_outliers.py", "models/attention_variants.py",
+                      "models/anatomy.py", "models/attention_function.py", "quant", "recipe")
+
+
+def task_outcome_cached(cfg, setup, model, probe: list[dict], calibration: list[dict],
+                        act_estimators=("running_minmax",)) -> dict:
+    """:func:`task_outcome`, stored beside the fine-tuned checkpoint (``outcome-<key>.json``, written atomically)
+    and reused when a resumed run meets a finished model again. The key digests the estimators, the evaluation
+    sentences, the probe, the calibration batches and the source of the evaluation code."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from ..atomic import atomic_write_text
+
+    package = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256(json.dumps([list(map(str, act_estimators)), setup.task, len(setup.eval_data),
+                                   list(setup.eval_data.text_a[:4])], default=str).encode())
+    for batch in [*probe, *calibration]:
+        h.update(batch["input_ids"].numpy().tobytes())
+    for name in _TASK_EVAL_SOURCES:
+        for f in sorted((package / name).rglob("*.py")) if (package / name).is_dir() else [package / name]:
+            h.update(f.read_bytes())
+    path = cfg.path() / f"outcome-{h.hexdigest()[:12]}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    out = task_outcome(setup, model, probe, calibration, act_estimators)
+    atomic_write_text(path, json.dumps(out))
+    return out
+
+
+def task_run_all(named: dict, seeds, setup, probe: list[dict], calibration: list[dict],
+                 act_estimators=("running_minmax",), progress: bool = True) -> tuple[list[dict], dict]:
+    """Fine-tune every ``{label: FinetuneConfig}`` for every seed with :func:`task_tracker` (a finished run is
+    loaded from its cache), then score it with :func:`task_outcome_cached`. Returns the rows (stage ``end``) and
+    ``{(label, seed): tracked statistics}``."""
+    from ..models.tasks import finetune_info, get_finetuned
+
+    track = task_tracker(probe, setup.tokenizer)
+    rows, histories = [], {}
+    for label, cfg in named.items():
+        for seed in seeds:
+            run = replace(cfg, seed=seed)
+            model = get_finetuned(run, progress=progress, track=track)
+            out = task_outcome_cached(run, setup, model, probe, calibration, act_estimators)
+            rows.append({"label": label, "seed": seed, "steps": run.steps, "stage": "end", **out})
+            histories[(label, seed)] = finetune_info(run).get("track", [])
+    return rows, histories
+
+
+@torch.no_grad()
+def start_deviation(model: str, named: dict, batch: dict) -> dict[str, float]:
+    r"""How far each variant, installed as training starts, moves the pretrained encoder:
+    $\max |h^{v}_L - h_L|$ over the last hidden states of ``batch``. A clipped softmax starts at γ scale 0 (the
+    ramp), i.e. at the softmax; the nearly open gate multiplies each head by $\sigma(0)/\tfrac12 = 1$."""
+    from ..models.attention_variants import install, set_gamma_scale
+    from ..models.load import load_encoder
+
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    reference = load_encoder(model).eval()(**inputs).last_hidden_state
+    out = {}
+    for label, variant in named.items():
+        m = install(load_encoder(model).eval(), variant)
+        if variant.softmax == "clipped":
+            set_gamma_scale(m, 0.0)
+        out[label] = float((m(**inputs).last_hidden_state - reference).abs().max())
+    return out
