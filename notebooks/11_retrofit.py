@@ -43,7 +43,7 @@
 # chapter 3's no-op statistics, so a retrofit that does not shrink the outliers can be read, not just
 # reported.
 #
-# **What differs from the paper.** Its fixes are trained in for 1 M steps from scratch; ours get a few
+# **What differs from the paper.** Its fixes are trained in for 1 M steps from scratch; ours get under two
 # hundred steps on a model that already found its way of doing nothing. A negative result here says
 # "not within this budget", and the curves show whether the statistics are moving at all. The quick
 # profile runs a few steps of every variant to exercise the code; its numbers are **not comparable**.
@@ -379,10 +379,12 @@ print(dumps({k: v.lstrip(": ") for k, v in where.items()}))
 # %% [markdown]
 # ## The full profile
 #
-# The full profile continues each variant for a few hundred masked-LM steps (two training seeds), runs
-# three $\pi_{init}$ values, and fine-tunes each variant on SST-2 (two seeds). That is about two hours
-# on 2 cores. Every run writes its checkpoints as one atomic set and resumes from the last one; a
-# finished run and its evaluation are loaded, not recomputed. Its results go to
+# The full profile continues each variant for 180 masked-LM steps of 16 × 128 tokens (the first 30 train
+# the head alone) at two training seeds, runs two more $\pi_{init}$ values, and fine-tunes each variant on
+# SST-2 for 150 steps of 32 sentences at two seeds. That is sized to about an hour and a half on 2 cores.
+# It is a small budget next to the paper's million steps, and the curves show whether the statistics are
+# still moving when it ends. Every run writes its checkpoints as one atomic set and resumes from the last
+# one; a finished run and its evaluation are loaded, not recomputed. Its results go to
 # `results/11_retrofit/full/`:
 #
 # ```bash
