@@ -169,3 +169,16 @@ def test_every_variant_but_softmax_plus_one_starts_at_the_pretrained_encoder():
     dev = rx.start_deviation("all-MiniLM-L6-v2", rx.variants(128), batch)
     assert dev["vanilla"] < 1e-4 and dev["clipped softmax"] < 1e-4 and dev["gated attention"] < 1e-3
     assert dev["softmax + 1"] > 1e-3  # the extra key takes mass from every row
+
+
+def test_effects_compare_with_the_control_and_call_only_differences_beyond_the_seed_spread():
+    rows = [{"label": "vanilla", "seed": 0, "x": 10.0}, {"label": "vanilla", "seed": 1, "x": 12.0},
+            {"label": "fix", "seed": 0, "x": 5.0}, {"label": "fix", "seed": 1, "x": 5.5},
+            {"label": "noise", "seed": 0, "x": 10.5}, {"label": "noise", "seed": 1, "x": 12.5}]
+    e = rx.effects(rows, metrics=["x"])
+    assert e.loc[("fix", "x"), "Δ"] == pytest.approx(-5.75) and bool(e.loc[("fix", "x"), "beyond spread"])
+    assert e.loc[("noise", "x"), "seed std"] == pytest.approx(2 ** 0.5) and not e.loc[("noise", "x"), "beyond spread"]
+    one = rx.effects([r for r in rows if r["seed"] == 0], metrics=["x"])
+    assert not one["beyond spread"].any()  # one seed: no spread, no finding
+    with pytest.raises(ConfigError, match="no rows of the control 'vanilla'"):
+        rx.effects([r for r in rows if r["label"] != "vanilla"], metrics=["x"])

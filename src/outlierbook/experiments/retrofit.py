@@ -305,3 +305,27 @@ def start_deviation(model: str, named: dict, batch: dict) -> dict[str, float]:
             set_gamma_scale(m, 0.0)
         out[label] = float((m(**inputs).last_hidden_state - reference).abs().max())
     return out
+
+
+def effects(rows, control: str = "vanilla", metrics=OUTCOME):
+    r"""Each variant's effect against the control trained the same way, and whether it exceeds the seed spread.
+
+    For variant $v$ and metric $m$ over training seeds: $\Delta = \bar m_v - \bar m_0$ and the spread
+    $s = \max(s_v, s_0)$, the larger sample std of the two; an effect is *beyond the spread* when
+    $|\Delta| > s$. With one seed there is no spread, and nothing is called beyond it. ``rows``: dicts with
+    ``label``, ``seed`` and the metrics (one stage)."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    if control not in set(df["label"]):
+        raise ConfigError(f"no rows of the control {control!r}; labels: {', '.join(map(str, df['label'].unique()))}")
+    g = df.groupby("label", sort=False)[list(metrics)]
+    mean, std, n = g.mean(), g.std(ddof=1), g.size()
+    out = []
+    for label in mean.index.drop(control):
+        for m in metrics:
+            spread = max(std.loc[label, m], std.loc[control, m]) if min(n[label], n[control]) > 1 else float("nan")
+            delta = mean.loc[label, m] - mean.loc[control, m]
+            out.append({"variant": label, "metric": m, "control": mean.loc[control, m], "variant mean": mean.loc[label, m],
+                        "Δ": delta, "seed std": spread, "beyond spread": bool(abs(delta) > spread)})
+    return pd.DataFrame(out).set_index(["variant", "metric"])
