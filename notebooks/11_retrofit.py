@@ -232,8 +232,9 @@ paper2 = compare.load_paper("quantizable", "Table 2")
 side = qx.beside_paper(ends, paper2, lambda label: f"BERT {label}")
 starts = shown_table[shown_table["stage"] == "start"].set_index("label")
 side_start = qx.beside_paper(starts, paper2, lambda label: "BERT vanilla")
-(pd.concat([side_start.rename(index=lambda i: "start (head only)"), side])
- .style.set_uuid("ch11_mlm").set_caption(f"Masked-LM retrofit. Ours: {mlm_source}"))
+both = pd.concat([side_start.rename(index=lambda i: "start (head only)"), side])
+both.style.set_uuid("ch11_mlm").format({c: "{:.2f}" for c in both.columns if c[1] == "paper"}, na_rep="—").set_caption(
+    f"Masked-LM retrofit. Ours: {mlm_source}")
 
 # %% tags=["nbval-check-output"]
 print(run_label(profile))
