@@ -173,7 +173,7 @@ compare.styled(table, "ch00_card", digits=2, caption="all-MiniLM-L6-v2 model car
 # at 1.0, batch 32), with a training loop written on Hugging Face Accelerate so the same code runs
 # on several GPUs. The checkpoint is cached as safetensors, keyed by model, task, step budget and
 # seed, and prepared **once** per run before any chapter executes; every later chapter loads it.
-# The quick budget is 200 steps for SST-2 (about 10 % of an epoch); the full budget is one epoch,
+# The quick budget is 100 steps for SST-2 (about 5 % of an epoch); the full budget is one epoch,
 # 2 105 steps, where a MiniLM-sized model is expected near 89–90 % dev accuracy.
 
 # %%

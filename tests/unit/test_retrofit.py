@@ -67,6 +67,76 @@ def test_a_retrofit_run_tracks_resumes_and_is_evaluated(tok_and_blocks, tmp_path
     assert calls == [] and again == row and hist2 == hist  # the finished run is loaded, not trained again
 
 
+def test_tracking_quality_logs_fp_and_w8a8_without_changing_the_training(tok_and_blocks, tmp_path, monkeypatch):
+    """FP and W8A8 perplexity every ``track_every`` steps: a run that logs them trains the same model (same losses,
+    same evaluation) as one that does not, and is stored under another key (its history differs)."""
+    from dataclasses import replace
+
+    tok, blocks = tok_and_blocks
+    monkeypatch.setenv("OUTLIERBOOK_CACHE", str(tmp_path / "cache"))
+    encoder = _encoder(tmp_path / "enc", len(tok))
+    plain = rx.configs(encoder, steps=4, batch_size=4, seq_len=16, lr=1e-3, freeze_encoder_steps=2, track_every=2,
+                       checkpoint_every=2)["vanilla"]
+    tracked = replace(plain, track_quality=True)
+    assert tracked.key() != plain.key() and "track_quality" not in str(plain.key())
+    train, test = blocks[:200], blocks[200:240]
+    eval_kw = dict(calib_batches=1, batch_size=8, act_estimators=["running_minmax", ["percentile", {"p": 99.0}]])
+    row, hist = rx.retrofit_and_evaluate("vanilla", plain, tok, train, test, progress=False, **eval_kw)
+    row_q, hist_q = rx.retrofit_and_evaluate("vanilla", tracked, tok, train, test, progress=False, **eval_kw)
+    assert hist_q["loss"] == hist["loss"] and row_q == row  # the quality tracker did not disturb training
+    assert "ppl_fp" not in hist["track"][-1]
+    last = hist_q["track"][-1]
+    assert last["step"] == 4 and last["ppl_fp"] > 1 and last["ppl_w8a8"] > 1
+    assert last["w8a8_estimator"] in ("running_minmax", "percentile:99.0")
+
+
+def test_the_task_quality_tracker_scores_fp_and_the_best_w8a8_on_a_fixed_subset(tiny_bert, char_tokenizer):
+    from outlierbook.data.glue import TaskData
+    from outlierbook.models.tasks import TaskSetup
+
+    model, batch = tiny_bert
+    texts = ["a good film", "bad", "not bad at all", "fine", "dull", "superb", "meh", "ok"]
+    data = TaskData("sst2", "dev", texts, None, [1, 0, 1, 1, 0, 1, 0, 1])
+    setup = TaskSetup("sst2", model, char_tokenizer, data, data, "accuracy")
+    quality = rx.task_quality(setup, [batch], n=5, act_estimators=["running_minmax", ["percentile", {"p": 99.0}]])
+    model.train()
+    out = quality(model)
+    assert set(out) == {"fp", "w8a8", "w8a8_estimator"} and 0 <= out["w8a8"] <= 100
+    assert out["fp"] == TaskSetup("sst2", model, char_tokenizer, _subset(data, 5), data, "accuracy").score()
+    assert quality(model) == out  # a fixed subset and calibration: the same model scores the same
+
+
+def _subset(data, n):
+    from outlierbook.models.tasks import subsample
+
+    return subsample(data, n, seed=0)
+
+
+def test_qt7_reads_every_pi_init_and_the_control_at_the_extra_runs_seeds():
+    """The confound of the first full run: the extra π_init values ran seed 0 only, the control was averaged
+    over seeds 0 and 1, and seed 0 had the higher perplexity everywhere. At the same seeds it cannot decide."""
+    from outlierbook.experiments import qt_rules as rules
+
+    ends = [{"label": "vanilla", "seed": 0, "ppl_fp": 125.0, "max_inf_norm": 180.0},
+            {"label": "vanilla", "seed": 1, "ppl_fp": 109.0, "max_inf_norm": 181.0},
+            {"label": "gated attention", "seed": 0, "ppl_fp": 123.0, "max_inf_norm": 179.0},
+            {"label": "gated attention", "seed": 1, "ppl_fp": 111.0, "max_inf_norm": 180.0}]
+    gates = [{"pi_init": 0.25, "seed": 0, "ppl_fp": 123.0, "max_inf_norm": 179.1},
+             {"pi_init": 0.9, "seed": 0, "ppl_fp": 123.5, "max_inf_norm": 179.2},
+             {"pi_init": 0.5, "seed": float("nan"), "ppl_fp": 117.0, "max_inf_norm": 179.5}]  # an old mean row
+    table, control = rx.pi_init_table(gates, ends, metrics=["ppl_fp", "max_inf_norm"])
+    assert list(table.index) == [0.25, 0.5, 0.9] and (table["n_seeds"] == 1).all()
+    assert table.loc[0.5, "ppl_fp"] == 123.0 and control["ppl_fp"] == 125.0  # seed 0 only
+    rows = table.reset_index().to_dict("records")
+    assert rules.robust_pi_inits(rows, control) == [0.25, 0.5, 0.9]
+    two_seed_control = {"ppl_fp": 117.0, "max_inf_norm": 180.5}  # the first run's comparison
+    assert rules.robust_pi_inits(gates[:2], two_seed_control) == []  # seed 0's perplexity, not π_init, decides
+    with pytest.raises(ConfigError, match="no π_init runs with a training seed"):
+        rx.pi_init_table(gates[2:], ends, metrics=["ppl_fp"])
+    with pytest.raises(ConfigError, match="no end-of-retrofit rows of vanilla at seeds \\[0\\]"):
+        rx.pi_init_table(gates, ends[2:], metrics=["ppl_fp"])
+
+
 def test_a_variant_needs_a_clipped_softmax_to_ramp_and_keys_of_plain_runs_do_not_move():
     from outlierbook.models.attention_variants import AttentionVariant
     from outlierbook.models.tasks import FinetuneConfig

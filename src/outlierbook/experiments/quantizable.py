@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from pathlib import Path
 
 import torch
 
@@ -19,6 +18,7 @@ from ..models.lm_eval import perplexity
 from ..models.pretrain import PretrainConfig, build_model, make_batch, pretrain, token_blocks
 from ..models.tokenizer import train_tokenizer
 from ..recipe import Recipe, quantize
+from ..source_digest import update_with_sources
 
 
 def corpus(cfg: PretrainConfig, eval_blocks: int | None = 256):
@@ -117,12 +117,9 @@ _EVAL_SOURCES = ("experiments/quantizable.py", "models/lm_eval.py", "models/atte
 def evaluation_key(test: torch.Tensor, eval_kw: dict) -> str:
     """A digest of everything an evaluation depends on besides the checkpoint: the settings, the evaluation
     blocks, and the source of the evaluation code (so an edited quantizer never reuses a stale result)."""
-    package = Path(__file__).resolve().parents[1]
     h = hashlib.sha256(json.dumps(eval_kw, sort_keys=True, default=str).encode())
     h.update(test.numpy().tobytes())
-    for name in _EVAL_SOURCES:
-        for f in sorted((package / name).rglob("*.py")) if (package / name).is_dir() else [package / name]:
-            h.update(f.read_bytes())
+    update_with_sources(h, _EVAL_SOURCES)
     return h.hexdigest()[:12]
 
 

@@ -33,6 +33,7 @@ from ..analysis.lm_outliers import outlier_stats
 from ..data.corpus import training_texts, wikitext2
 from ..errors import ConfigError
 from ..models.attention_variants import AttentionVariant, live_row_shares, nearly_open_gate
+from ..models.lm_eval import perplexity
 from ..models.load import EMBEDDED
 from ..models.pretrain import PretrainConfig, document_separator, pretrain, token_blocks
 from .quantizable import evaluate_cached, held_out_batches
@@ -101,9 +102,10 @@ def delimiter_ids(tokenizer) -> set[int]:
     return set(tokenizer.convert_tokens_to_ids([document_separator(tokenizer), ".", ","]))
 
 
-def tracker(test: torch.Tensor, tokenizer, n_blocks: int = 16):
+def tracker(test: torch.Tensor, tokenizer, n_blocks: int = 16, quality=None):
     """``track(model) -> dict`` for :func:`~outlierbook.models.pretrain.pretrain`: outlier statistics (the 2023
-    paper's) and live attention rows on a fixed batch of held-out blocks, and :func:`noop_statistics`."""
+    paper's) and live attention rows on a fixed batch of held-out blocks, and :func:`noop_statistics`; with
+    ``quality(model) -> dict`` (e.g. :func:`lm_quality`), its entries too."""
     probe = held_out_batches(test, n=1, batch_size=n_blocks)
     delims = delimiter_ids(tokenizer)
 
@@ -111,17 +113,40 @@ def tracker(test: torch.Tensor, tokenizer, n_blocks: int = 16):
         with live_row_shares(model) as shares:
             s = outlier_stats(model, probe)
         return {"max_inf_norm": s["max_inf_norm"], "avg_kurtosis": s["avg_kurtosis"],
-                "live_rows": sum(shares) / len(shares), **noop_statistics(model, probe[0], delims)}
+                "live_rows": sum(shares) / len(shares), **noop_statistics(model, probe[0], delims),
+                **(quality(model) if quality is not None else {})}
 
     return track
+
+
+def lm_quality(cfg: PretrainConfig, tok, train: torch.Tensor, blocks: torch.Tensor, calib_batches: int = 2,
+               batch_size: int = 16, act_estimators=("running_minmax",)):
+    r"""``quality(model) -> dict`` for :func:`tracker`: FP perplexity on ``blocks`` and the W8A8 perplexity of
+    the best of ``act_estimators`` (one calibration subset, PTQ seed 0) — the outcome's quality columns on a
+    small fixed set, cheap enough to log during training. Training is not disturbed: the model is quantized as a
+    copy and the evaluation draws no numbers from the global random state."""
+    from .quantizable import _estimator_label, w8a8_perplexity
+
+    def quality(model):
+        fp = perplexity(model, blocks, cfg.kind, tok, batch_size, cfg.seed)
+        per = {_estimator_label(e): w8a8_perplexity(model, cfg, tok, train, blocks, 0, calib_batches, batch_size, e)
+               for e in act_estimators}
+        best = min(per, key=per.get)
+        return {"ppl_fp": fp, "ppl_w8a8": per[best], "w8a8_estimator": best}
+
+    return quality
 
 
 def retrofit_and_evaluate(label: str, cfg: PretrainConfig, tok, train: torch.Tensor, test: torch.Tensor,
                           progress: bool = True, **eval_kw) -> tuple[dict, dict]:
     """Continue training ``cfg`` (or resume it from its checkpoint; a finished run is loaded) with
-    :func:`tracker`, then evaluate it as chapter 6 does (stored beside the checkpoint); returns
-    (result row, history)."""
-    model, history = pretrain(cfg, tok, train, track=tracker(test, tok), progress=progress)
+    :func:`tracker` — and :func:`lm_quality` on the tracker's blocks when ``cfg.track_quality`` — then evaluate
+    it as chapter 6 does (stored beside the checkpoint); returns (result row, history)."""
+    quality = None
+    if cfg.track_quality:
+        quality = lm_quality(cfg, tok, train, test[:16], calib_batches=min(2, eval_kw.get("calib_batches", 2)),
+                             act_estimators=eval_kw.get("act_estimators") or ("running_minmax",))
+    model, history = pretrain(cfg, tok, train, track=tracker(test, tok, quality=quality), progress=progress)
     row = {"label": label, "seed": cfg.seed, "steps": cfg.steps, "softmax": cfg.variant.softmax,
            "gate": cfg.variant.gate or "", "final_loss": history["loss"][-1] if history["loss"] else float("nan"),
            **evaluate_cached(model, cfg, tok, train, test, **eval_kw)}
@@ -188,9 +213,10 @@ def sentence_probe(setup, n: int = 32, seed: int = 0) -> list[dict]:
     return out
 
 
-def task_tracker(probe: list[dict], tokenizer):
+def task_tracker(probe: list[dict], tokenizer, quality=None):
     """``track(model) -> dict`` for a task run: the 2023 statistics and live rows on ``probe``, and the no-op
-    statistics on its first sentences (padding-free, one at a time)."""
+    statistics on its first sentences (padding-free, one at a time); with ``quality(model) -> dict`` (e.g.
+    :func:`task_quality`), its entries too."""
     delims = set(tokenizer.convert_tokens_to_ids([tokenizer.sep_token, tokenizer.cls_token, ".", ","]))
 
     def track(model):
@@ -199,9 +225,31 @@ def task_tracker(probe: list[dict], tokenizer):
         noop = [noop_statistics(model, b, delims) for b in probe[:8]]
         return {"max_inf_norm": s["max_inf_norm"], "avg_kurtosis": s["avg_kurtosis"],
                 "live_rows": sum(shares) / len(shares),
-                **{k: sum(n[k] for n in noop) / len(noop) for k in noop[0]}}
+                **{k: sum(n[k] for n in noop) / len(noop) for k in noop[0]},
+                **(quality(model) if quality is not None else {})}
 
     return track
+
+
+def task_quality(setup, calibration: list[dict], n: int = 128, act_estimators=("running_minmax",), seed: int = 0):
+    """``quality(model) -> dict`` for :func:`task_tracker`: the FP metric and the W8A8 metric of the best of
+    ``act_estimators`` (:func:`task_outcome`'s recipe) on ``n`` fixed evaluation examples of ``setup`` — cheap
+    enough to log during fine-tuning. The model is quantized as a copy; its train/eval mode is restored."""
+    from ..models.tasks import subsample
+    from ..recipe import Recipe, quantize
+
+    small = replace(setup, eval_data=subsample(setup.eval_data, n, seed=seed))
+
+    def quality(model):
+        per = {}
+        for spec in act_estimators:
+            spec = tuple(spec) if isinstance(spec, list) else spec
+            recipe = Recipe(bits="W8A8", placement="bondarenko", weight_axis=0, act_estimator=spec)
+            per[str(spec)] = small.score(quantize(model, recipe, calibration))
+        best = max(per, key=per.get)
+        return {"fp": small.score(model), "w8a8": per[best], "w8a8_estimator": best}
+
+    return quality
 
 
 def task_outcome(setup, model, probe: list[dict], calibration: list[dict], act_estimators=("running_minmax",)) -> dict:
@@ -249,18 +297,15 @@ def task_outcome_cached(cfg, setup, model, probe: list[dict], calibration: list[
     sentences, the probe, the calibration batches and the source of the evaluation code."""
     import hashlib
     import json
-    from pathlib import Path
 
     from ..atomic import atomic_write_text
+    from ..source_digest import update_with_sources
 
-    package = Path(__file__).resolve().parents[1]
     h = hashlib.sha256(json.dumps([list(map(str, act_estimators)), setup.task, len(setup.eval_data),
                                    list(setup.eval_data.text_a[:4])], default=str).encode())
     for batch in [*probe, *calibration]:
         h.update(batch["input_ids"].numpy().tobytes())
-    for name in _TASK_EVAL_SOURCES:
-        for f in sorted((package / name).rglob("*.py")) if (package / name).is_dir() else [package / name]:
-            h.update(f.read_bytes())
+    update_with_sources(h, _TASK_EVAL_SOURCES)
     path = cfg.path() / f"outcome-{h.hexdigest()[:12]}.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -270,18 +315,21 @@ def task_outcome_cached(cfg, setup, model, probe: list[dict], calibration: list[
 
 
 def task_run_all(named: dict, seeds, setup, probe: list[dict], calibration: list[dict],
-                 act_estimators=("running_minmax",), progress: bool = True) -> tuple[list[dict], dict]:
-    """Fine-tune every ``{label: FinetuneConfig}`` for every seed with :func:`task_tracker` (a finished run is
-    loaded from its cache), then score it with :func:`task_outcome_cached`. Returns the rows (stage ``end``) and
+                 act_estimators=("running_minmax",), progress: bool = True,
+                 tracked_examples: int = 128) -> tuple[list[dict], dict]:
+    """Fine-tune every ``{label: FinetuneConfig}`` for every seed with :func:`task_tracker` (with
+    :func:`task_quality` on ``tracked_examples`` when the config's ``track_quality`` is set; a finished run is loaded from its cache), then score it with :func:`task_outcome_cached`. Returns the rows (stage ``end``) and
     ``{(label, seed): tracked statistics}``."""
     from ..models.tasks import finetune_info, get_finetuned
 
-    track = task_tracker(probe, setup.tokenizer)
+    plain = task_tracker(probe, setup.tokenizer)
+    with_quality = task_tracker(probe, setup.tokenizer, task_quality(setup, calibration, n=tracked_examples,
+                                                                     act_estimators=act_estimators))
     rows, histories = [], {}
     for label, cfg in named.items():
         for seed in seeds:
             run = replace(cfg, seed=seed)
-            model = get_finetuned(run, progress=progress, track=track)
+            model = get_finetuned(run, progress=progress, track=with_quality if run.track_quality else plain)
             out = task_outcome_cached(run, setup, model, probe, calibration, act_estimators)
             rows.append({"label": label, "seed": seed, "steps": run.steps, "stage": "end", **out})
             histories[(label, seed)] = finetune_info(run).get("track", [])
@@ -329,3 +377,33 @@ def effects(rows, control: str = "vanilla", metrics=OUTCOME):
             out.append({"variant": label, "metric": m, "control": mean.loc[control, m], "variant mean": mean.loc[label, m],
                         "Δ": delta, "seed std": spread, "beyond spread": bool(abs(delta) > spread)})
     return pd.DataFrame(out).set_index(["variant", "metric"])
+
+
+def pi_init_table(gate_rows, end_rows, gated: str = "gated attention", control: str = "vanilla",
+                  pi_main: float = 0.5, metrics=OUTCOME):
+    r"""QT-7's comparison with every row read at the **same training seeds**: the seeds $S$ of the extra
+    $\pi_{init}$ runs (``gate_rows``: dicts with ``pi_init``, ``seed`` and the metrics; rows without a seed are
+    ignored). For each $\pi_{init}$ (the gated run of ``end_rows`` at ``pi_main`` included) the mean and std over
+    $S$, and the control's mean over $S$. A control averaged over other seeds than the fix would let the seed,
+    not $\pi_{init}$, decide the FP clause.
+
+    Returns ``(table indexed by pi_init with <metric> and <metric>_std columns and n_seeds, control means)``."""
+    import pandas as pd
+
+    gates = pd.DataFrame(gate_rows)
+    gates = gates[gates["seed"].notna()] if "seed" in gates else gates.iloc[0:0]
+    if gates.empty:
+        raise ConfigError("no π_init runs with a training seed: run the extra π_init values (pi_inits) first")
+    seeds = sorted(set(gates["seed"].astype(int)))
+    ends = pd.DataFrame(end_rows)
+    ends = ends[ends["seed"].notna() & ends["seed"].astype(float).isin(seeds)]
+    missing = [lab for lab in (gated, control) if not (ends["label"] == lab).any()]
+    if missing:
+        raise ConfigError(f"no end-of-retrofit rows of {', '.join(missing)} at seeds {seeds}: "
+                          "QT-7 compares with the control at the extra π_init runs' own seeds")
+    main = ends[ends["label"] == gated].assign(pi_init=pi_main)
+    rows = pd.concat([gates, main], ignore_index=True)
+    g = rows.groupby("pi_init")[list(metrics)]
+    table = g.mean().join(g.std(ddof=1), rsuffix="_std")
+    table["n_seeds"] = g.size()
+    return table.sort_index(), ends[ends["label"] == control][list(metrics)].mean()

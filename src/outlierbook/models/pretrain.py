@@ -62,6 +62,7 @@ class PretrainConfig:
     sources: tuple = ("bbc", "bible")
     init: str | None = None  # retrofit: continue training this pretrained encoder instead of a fresh model
     freeze_encoder_steps: int = 0  # retrofit: for the first steps only the new MLM head learns
+    track_quality: bool = False  # the tracker also logs FP and W8A8 quality (a different history, so another key)
 
     def __post_init__(self):
         if self.kind not in ("mlm", "clm"):
@@ -81,7 +82,7 @@ class PretrainConfig:
         for name in ("gate_init_std", "gate_scale"):  # keys of runs from before these fields existed are unchanged
             if d["variant"][name] == getattr(AttentionVariant, name):
                 del d["variant"][name]
-        for name, default in (("init", None), ("freeze_encoder_steps", 0)):
+        for name, default in (("init", None), ("freeze_encoder_steps", 0), ("track_quality", False)):
             if d[name] == default:
                 del d[name]
         digest = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]

@@ -153,6 +153,7 @@ class FinetuneConfig:
     variant: AttentionVariant | None = None  # an attention variant installed before fine-tuning (retrofit)
     gamma_ramp: float = 0.0  # clipped softmax: γ ramps linearly from 0 over this fraction of the steps
     track_every: int = 0  # with a tracker: log its statistics every this many steps (0: never)
+    track_quality: bool = False  # the tracker also logs FP and W8A8 quality (a different history, so another key)
 
     def __post_init__(self):
         if self.gamma_ramp and (self.variant is None or self.variant.softmax != "clipped"):
@@ -164,7 +165,8 @@ class FinetuneConfig:
         d = asdict(self)
         d["model"] = short_name(self.model)
         # keys of runs from before these fields existed are unchanged
-        for name, default in (("schedule_steps", None), ("variant", None), ("gamma_ramp", 0.0), ("track_every", 0)):
+        for name, default in (("schedule_steps", None), ("variant", None), ("gamma_ramp", 0.0), ("track_every", 0),
+                              ("track_quality", False)):
             if d[name] == default:
                 del d[name]
         digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
@@ -177,7 +179,7 @@ class FinetuneConfig:
 # Step budgets per profile: quick takes minutes on 2 CPU cores, full is the real run
 # (SST-2: one epoch of 67 349 examples at batch 32 = 2105 steps; MRPC/RTE/STS-B: 3 epochs).
 BUDGETS = {
-    "quick": {"sst2": 200, "mrpc": 80, "rte": 60, "stsb": 100},
+    "quick": {"sst2": 100, "mrpc": 40, "rte": 30, "stsb": 50},
     "full": {"sst2": 2105, "mrpc": 345, "rte": 234, "stsb": 540},
 }
 
