@@ -3,6 +3,10 @@
 #   make test   unit tests, execute every chapter (quick), nbval re-run, build the HTML, read it in a browser
 PYTHON  ?= python3
 PROFILE ?= quick
+# Quick chapters side by side: on 2 cores two chapters at one thread each finish sooner than one after the other
+# at two (src/outlierbook/side_by_side.py); nbval re-runs each notebook at the thread count it was executed with.
+# Full profiles are long and run one at a time with every thread.
+JOBS    ?= $(if $(filter full,$(PROFILE)),1,2)
 VENV    := .venv
 BIN     := $(VENV)/bin
 PY      := $(BIN)/python
@@ -30,7 +34,7 @@ prepare: install
 	$(PY) -m outlierbook prepare --profile $(PROFILE)
 
 execute: install
-	$(PY) -m outlierbook run all --profile $(PROFILE)
+	$(PY) -m outlierbook run all --profile $(PROFILE) --jobs $(JOBS)
 
 check: install
 	$(PY) -m outlierbook check --profile $(PROFILE)
@@ -50,13 +54,13 @@ unit: install
 	$(PY) -m pytest tests/unit -q -m slow; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit $$rc
 
 nbval: install
-	OUTLIERBOOK_TEST=1 $(PY) -m outlierbook validate
+	OUTLIERBOOK_TEST=1 $(PY) -m outlierbook validate --jobs $(JOBS)
 
 test: export OUTLIERBOOK_TEST := 1
 test: unit execute check nbval html browser
 
-full:
-	$(MAKE) book PROFILE=full
+full:  # full profiles are long: one at a time, each with every thread
+	$(MAKE) book PROFILE=full JOBS=1
 
 clean:
 	rm -rf _build notebooks/*.ipynb

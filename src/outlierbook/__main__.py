@@ -81,9 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="quick")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--log-output", action="store_true", help="stream cell output to the terminal")
+    p.add_argument("--jobs", type=int, default=1, help="chapters side by side, each in its own process with "
+                   "OUTLIERBOOK_THREADS / jobs threads (default 1: one after the other)")
     p = sub.add_parser("check")
     p.add_argument("--profile", default="quick")
     p = sub.add_parser("validate")
+    p.add_argument("--jobs", type=int, default=1, help="notebooks side by side, each at the thread count it was "
+                   "executed with")
     p.add_argument("pytest_args", nargs="*")
     p = sub.add_parser("book")
     p.add_argument("--profile", default="quick")
@@ -116,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             for chapter in chapters:  # validate every chapter's parameters and results folder before running any
                 runner.parameters_for(chapter, args.profile, overrides)
                 check_writable(results_dir() / chapter.id)
-            _prepare(args.profile, [c.id for c in chapters])
+            if os.environ.get("OUTLIERBOOK_PREPARED") != args.profile:  # a side-by-side parent prepared them
+                _prepare(args.profile, [c.id for c in chapters])
+            if args.jobs != 1:
+                return _run_side_by_side(chapters, args.profile, args.jobs, args.log_output)
             import time
 
             for chapter in chapters:
@@ -141,14 +148,28 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             from .paths import notebooks_dir
 
+            from . import side_by_side
+
             notebooks = [str(c.executed) for c in registry.in_dependency_order()]
             missing = [n for n in notebooks if not os.path.isfile(n)]
             if missing:
                 raise OutlierBookError(f"not executed yet: {', '.join(missing)}; run: python -m outlierbook run all")
+            stamps = runner.stamps(registry.in_dependency_order())
+            env = {"OUTLIERBOOK_EXECUTING": "1", **side_by_side.thread_env(runner.executed_threads(stamps))}
             cmd = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider",
-                   "--nbval-sanitize-with", str(_sanitize_file()), "--rootdir", str(notebooks_dir()),
-                   "-o", "addopts=", *notebooks, *args.pytest_args]
-            return subprocess.call(cmd, env={**os.environ, "OUTLIERBOOK_EXECUTING": "1"})
+                   "--nbval-sanitize-with", str(_sanitize_file()), "--rootdir", str(notebooks_dir()), "-o", "addopts="]
+            if args.jobs == 1:
+                return subprocess.call([*cmd, *notebooks, *args.pytest_args], env={**os.environ, **env})
+            seconds = {str(c.executed): stamps[c.id].get("seconds", 0.0) for c in registry.in_dependency_order()}
+            jobs = [side_by_side.Job(Path(n).stem, [*cmd, n, *args.pytest_args])
+                    for n in side_by_side.longest_first(notebooks, seconds)]
+            codes = side_by_side.run_jobs(jobs, args.jobs, env, label="nbval")
+            failed = [n for n, rc in codes.items() if rc != 0]
+            if failed:
+                print(f"error: nbval failed for {', '.join(failed)} (their logs are above)", file=sys.stderr)
+                return 1
+            print(f"[nbval] all {len(codes)} notebooks passed")
+            return 0
         if args.command == "book":
             found = runner.problems(args.profile)
             if found:
@@ -165,6 +186,26 @@ def main(argv: list[str] | None = None) -> int:
     except OutlierBookError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _run_side_by_side(chapters, profile: str, jobs: int, log_output: bool) -> int:
+    """``run`` with ``--jobs``: each chapter in its own ``run`` process at OUTLIERBOOK_THREADS / jobs threads."""
+    from . import runner, side_by_side
+    from .nbsetup import DEFAULT_THREADS
+
+    seconds = {c.id: s["seconds"] for c, s in ((c, runner.stamps([c]).get(c.id, {})) for c in chapters) if "seconds" in s}
+    order = side_by_side.longest_first([c.id for c in chapters], seconds)
+    extra = ["--log-output"] if log_output else []
+    jobs_list = [side_by_side.Job(cid, [sys.executable, "-m", "outlierbook", "run", cid, "--profile", profile, *extra])
+                 for cid in order]
+    env = {**side_by_side.thread_env(side_by_side.threads_per_job(DEFAULT_THREADS, jobs)), "OUTLIERBOOK_PREPARED": profile}
+    codes = side_by_side.run_jobs(jobs_list, jobs, env)
+    failed = [cid for cid, rc in codes.items() if rc != 0]
+    if failed:
+        print(f"error: {len(failed)} chapter(s) failed: {', '.join(failed)}; each executed notebook shows its "
+              "failing cell", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -19,7 +19,7 @@ import os
 import random
 import warnings
 
-DEFAULT_THREADS = 2
+DEFAULT_THREADS = int(os.environ.get("OUTLIERBOOK_THREADS", "2"))
 
 
 def under_test() -> bool:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from .errors import ConfigError, OutlierBookError
+from .nbsetup import DEFAULT_THREADS
 from .paths import notebooks_dir, repo_root
 from .registry import Chapter, check_profile, in_dependency_order
 
@@ -138,12 +139,35 @@ def run_chapter(chapter: Chapter, profile: str, overrides: dict | None = None, l
         "src_hash": src_hash(),
         "error": error,
         "seconds": round(time.time() - started, 1),
+        "threads": DEFAULT_THREADS,  # nbval re-runs it at this count (outputs depend on it)
     }
     nbformat.write(executed, tmp)
     os.replace(tmp, out)
     if error:
         raise OutlierBookError(f"chapter {chapter.id} failed: {error}; the executed notebook {out} shows the failing cell")
     return out
+
+
+def stamps(chapters: list[Chapter]) -> dict[str, dict]:
+    """The runner's stamp of each executed chapter notebook (chapters not executed are left out)."""
+    import nbformat
+
+    return {c.id: nbformat.read(c.executed, as_version=4).metadata.get(STAMP, {}) for c in chapters
+            if c.executed.is_file()}
+
+
+THREADS_BEFORE_RECORDED = 2  # notebooks stamped before the thread count was recorded ran at two threads
+
+
+def executed_threads(found: dict[str, dict]) -> int:
+    """The one thread count the notebooks were executed with; an error if they differ (nbval would compare
+    outputs computed at different counts)."""
+    counts = {cid: int(s.get("threads", THREADS_BEFORE_RECORDED)) for cid, s in found.items()}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{cid}: {n}" for cid, n in sorted(counts.items()))
+        raise OutlierBookError(f"the notebooks were executed at different thread counts ({listed}); re-run them "
+                               "together: python -m outlierbook run all")
+    return next(iter(counts.values()), THREADS_BEFORE_RECORDED)
 
 
 def problems(profile: str, chapters: list[Chapter] | None = None) -> list[str]:

@@ -8,7 +8,7 @@ from outlierbook import competence
 from outlierbook.data.glue import TaskData
 from outlierbook.errors import ConfigError
 from outlierbook.models import selection
-from outlierbook.models.tasks import FinetuneConfig, budget
+from outlierbook.models.tasks import BUDGETS, FinetuneConfig, budget
 
 
 def _data(n=40, task="rte", split="train"):
@@ -68,7 +68,7 @@ def test_a_stored_selection_becomes_the_full_budget_and_only_for_its_model(tmp_p
     path.write_text(json.dumps({"config": {k: v for k, v in vars(cfg).items() if k != "model"}}))
     assert budget("rte", "full") == cfg
     assert budget("rte", "full", seed=1).seed == 1
-    assert budget("rte", "quick").steps == 60  # the quick profile keeps its smoke-test budget
+    assert budget("rte", "quick").steps == BUDGETS["quick"]["rte"]  # the quick profile keeps its smoke-test budget
     assert budget("rte", "full", model="some/other-model") == FinetuneConfig(model="some/other-model", task="rte",
                                                                              steps=before.steps)
 

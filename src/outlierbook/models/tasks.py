@@ -179,7 +179,7 @@ class FinetuneConfig:
 # Step budgets per profile: quick takes minutes on 2 CPU cores, full is the real run
 # (SST-2: one epoch of 67 349 examples at batch 32 = 2105 steps; MRPC/RTE/STS-B: 3 epochs).
 BUDGETS = {
-    "quick": {"sst2": 100, "mrpc": 40, "rte": 30, "stsb": 50},
+    "quick": {"sst2": 100, "mrpc": 40, "rte": 30, "stsb": 100},  # STS-B at 50 steps: Spearman 7 (an untrained head)
     "full": {"sst2": 2105, "mrpc": 345, "rte": 234, "stsb": 540},
 }
 
