@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             registry.check_profile(args.profile)
             _prepare(args.profile, args.chapters)
             return 0
+        if getattr(args, "jobs", 1) < 1:
+            raise OutlierBookError(f"--jobs must be at least 1, got {args.jobs}")
         if args.command == "run":
             registry.check_profile(args.profile)
             overrides = runner.parse_overrides(args.overrides)
@@ -194,7 +196,7 @@ def _run_side_by_side(chapters, profile: str, jobs: int, log_output: bool) -> in
     from . import runner, side_by_side
     from .nbsetup import DEFAULT_THREADS
 
-    seconds = {c.id: s["seconds"] for c, s in ((c, runner.stamps([c]).get(c.id, {})) for c in chapters) if "seconds" in s}
+    seconds = {cid: s["seconds"] for cid, s in runner.stamps(chapters).items() if "seconds" in s}
     order = side_by_side.longest_first([c.id for c in chapters], seconds)
     extra = ["--log-output"] if log_output else []
     jobs_list = [side_by_side.Job(cid, [sys.executable, "-m", "outlierbook", "run", cid, "--profile", profile, *extra])

@@ -39,6 +39,8 @@ def test_dependency_order_and_unknown_chapter():
     (["run", "00_how_to_run", "--set", "bogus=1"], "unknown parameter(s) bogus"),
     (["run", "00_how_to_run", "--set", "novalue"], "not key=value"),
     (["check", "--profile", "medium"], "unknown profile"),
+    (["run", "00_how_to_run", "--jobs", "0"], "--jobs must be at least 1, got 0"),
+    (["validate", "--jobs", "-1"], "--jobs must be at least 1, got -1"),
 ])
 def test_cli_bad_input_gives_one_clear_line(argv, message, capsys):
     assert main(argv) == 2
