@@ -37,21 +37,23 @@ def exercises(chapter: Chapter) -> list[str]:
     return items
 
 
-def run_seconds(chapter: Chapter) -> tuple[str | None, float | None]:
-    """Profile and wall time of the chapter's executed notebook in this build (None if not executed)."""
+def run_seconds(chapter: Chapter) -> tuple[str | None, float | None, int | None]:
+    """Profile, wall time and thread count of the chapter's executed notebook in this build (None if not
+    executed; the thread count is None for notebooks stamped before it was recorded)."""
     import nbformat
 
     if not chapter.executed.is_file():
-        return None, None
+        return None, None, None
     stamp = nbformat.read(chapter.executed, as_version=4).metadata.get("outlierbook", {})
-    return stamp.get("profile"), stamp.get("seconds")
+    return stamp.get("profile"), stamp.get("seconds"), stamp.get("threads")
 
 
 def fragment(chapters: tuple[Chapter, ...] = CHAPTERS) -> str:
     rows, lists = [], []
     for chapter in chapters:
-        profile, seconds = run_seconds(chapter)
-        minutes = "not executed" if seconds is None else f"{seconds / 60:.1f} min ({profile} profile)"
+        profile, seconds, threads = run_seconds(chapter)
+        how = f"{profile} profile" + ("" if threads is None else f", {threads} thread{'s' if threads != 1 else ''}")
+        minutes = "not executed" if seconds is None else f"{seconds / 60:.1f} min ({how})"
         items = exercises(chapter)
         rows.append(f"| {{doc}}`/notebooks/{chapter.id}` | {minutes} | {len(items)} |")
         if items:
@@ -59,7 +61,9 @@ def fragment(chapters: tuple[Chapter, ...] = CHAPTERS) -> str:
                 f"{i}. {text}" for i, text in enumerate(items, 1)))
     table = "| chapter | run time in this build | exercises |\n|---|---|---|\n" + "\n".join(rows)
     return (table + "\n\nThe run times are those of the executed notebooks this book was built from, measured by "
-            "the runner (`metadata.outlierbook.seconds`); a laptop with more cores is faster.\n\n"
+            "the runner (`metadata.outlierbook.seconds`); a laptop with more cores is faster. The quick build runs "
+            "two chapters side by side with one thread each, so one chapter run alone with two threads is faster "
+            "than shown.\n\n"
             "## Every exercise\n\n" + "\n\n".join(lists) + "\n")
 
 

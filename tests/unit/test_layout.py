@@ -101,6 +101,20 @@ def test_the_teaching_page_lists_every_chapters_exercises_without_solutions(tmp_
     assert (ROOT / "book" / "teaching.md").read_text().count("_generated/teaching.md") == 1
 
 
+def test_the_teaching_page_reads_profile_time_and_threads_from_the_runners_stamp(tmp_path):
+    import types
+
+    import nbformat
+
+    from outlierbook import teaching
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["outlierbook"] = {"profile": "quick", "seconds": 90.0, "threads": 1}
+    nbformat.write(nb, tmp_path / "x.ipynb")
+    assert teaching.run_seconds(types.SimpleNamespace(executed=tmp_path / "x.ipynb")) == ("quick", 90.0, 1)
+    assert teaching.run_seconds(types.SimpleNamespace(executed=tmp_path / "none.ipynb")) == (None, None, None)
+
+
 def test_only_the_model_anatomy_knows_hugging_face_module_paths():
     """Methods speak of roles (``layer.ffn_in``); the module paths of the families live in one module."""
     paths = re.compile(r"attention\.self\b|\.intermediate\b|output\.LayerNorm|\bself_attn\b|\.fc[12]\b|encoder\.layer\b"
