@@ -236,37 +236,36 @@ def task_quality(setup, calibration: list[dict], n: int = 128, act_estimators=("
     ``act_estimators`` (:func:`task_outcome`'s recipe) on ``n`` fixed evaluation examples of ``setup`` — cheap
     enough to log during fine-tuning. The model is quantized as a copy; its train/eval mode is restored."""
     from ..models.tasks import subsample
-    from ..recipe import Recipe, quantize
 
     small = replace(setup, eval_data=subsample(setup.eval_data, n, seed=seed))
 
     def quality(model):
-        per = {}
-        for spec in act_estimators:
-            spec = tuple(spec) if isinstance(spec, list) else spec
-            recipe = Recipe(bits="W8A8", placement="bondarenko", weight_axis=0, act_estimator=spec)
-            per[str(spec)] = small.score(quantize(model, recipe, calibration))
-        best = max(per, key=per.get)
-        return {"fp": small.score(model), "w8a8": per[best], "w8a8_estimator": best}
+        return {"fp": small.score(model), **best_w8a8(small, model, calibration, act_estimators)}
 
     return quality
 
 
-def task_outcome(setup, model, probe: list[dict], calibration: list[dict], act_estimators=("running_minmax",)) -> dict:
-    """FP metric, the 2023 statistics on ``probe``, and the W8A8 metric after PTQ with the best of
-    ``act_estimators`` (symmetric per-channel weights, asymmetric per-tensor activations, the 2021/2023
-    placement, as chapter 6 quantizes its language models)."""
+def best_w8a8(setup, model, calibration: list[dict], act_estimators) -> dict:
+    """``{"w8a8", "w8a8_estimator"}``: the task metric after W8A8 PTQ of a copy of ``model`` with each activation
+    range estimator (symmetric per-channel weights, asymmetric per-tensor activations, the 2021/2023 placement,
+    as chapter 6 quantizes its language models), and the best of them."""
     from ..recipe import Recipe, quantize
 
-    s = outlier_stats(model, probe)
-    out = {"fp": setup.score(model), "max_inf_norm": s["max_inf_norm"], "avg_kurtosis": s["avg_kurtosis"]}
     per = {}
     for spec in act_estimators:
         spec = tuple(spec) if isinstance(spec, list) else spec
         recipe = Recipe(bits="W8A8", placement="bondarenko", weight_axis=0, act_estimator=spec)
         per[str(spec)] = setup.score(quantize(model, recipe, calibration))
     best = max(per, key=per.get)
-    return {**out, "w8a8": per[best], "w8a8_estimator": best}
+    return {"w8a8": per[best], "w8a8_estimator": best}
+
+
+def task_outcome(setup, model, probe: list[dict], calibration: list[dict], act_estimators=("running_minmax",)) -> dict:
+    """FP metric, the 2023 statistics on ``probe``, and the W8A8 metric after PTQ with the best of
+    ``act_estimators`` (:func:`best_w8a8`)."""
+    s = outlier_stats(model, probe)
+    out = {"fp": setup.score(model), "max_inf_norm": s["max_inf_norm"], "avg_kurtosis": s["avg_kurtosis"]}
+    return {**out, **best_w8a8(setup, model, calibration, act_estimators)}
 
 
 def task_data(task: str = "sst2", model: str = EMBEDDED, eval_limit: int | None = None, seed: int = 0,
