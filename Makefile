@@ -3,10 +3,10 @@
 #   make test   unit tests, execute every chapter (quick), nbval re-run, build the HTML, read it in a browser
 PYTHON  ?= python3
 PROFILE ?= quick
-# Quick chapters side by side: on 2 cores two chapters at one thread each finish sooner than one after the other
-# at two (src/outlierbook/side_by_side.py); nbval re-runs each notebook at the thread count it was executed with.
-# Full profiles are long and run one at a time with every thread.
-JOBS    ?= $(if $(filter full,$(PROFILE)),1,2)
+# Chapters one at a time with every thread. JOBS=N runs N side by side with OUTLIERBOOK_THREADS / N threads each
+# (src/outlierbook/side_by_side.py): worth it with more cores; on 2 cores it saved only ~5 % of the quick build
+# (every chapter ran ~1.7 times slower at one thread). nbval re-runs each notebook at the count it was executed with.
+JOBS    ?= 1
 VENV    := .venv
 BIN     := $(VENV)/bin
 PY      := $(BIN)/python

@@ -61,9 +61,8 @@ def fragment(chapters: tuple[Chapter, ...] = CHAPTERS) -> str:
                 f"{i}. {text}" for i, text in enumerate(items, 1)))
     table = "| chapter | run time in this build | exercises |\n|---|---|---|\n" + "\n".join(rows)
     return (table + "\n\nThe run times are those of the executed notebooks this book was built from, measured by "
-            "the runner (`metadata.outlierbook.seconds`); a laptop with more cores is faster. The quick build runs "
-            "two chapters side by side with one thread each, so one chapter run alone with two threads is faster "
-            "than shown.\n\n"
+            "the runner (`metadata.outlierbook.seconds`); a laptop with more cores is faster, and a chapter "
+            "run side by side with another (`JOBS=2`, one thread each) is slower.\n\n"
             "## Every exercise\n\n" + "\n\n".join(lists) + "\n")
 
 
