@@ -250,7 +250,7 @@ print(damage.to_string(float_format=lambda v: f"{v:.3g}"))
 # activation ranges measured per batch at run time; the embedding table stays FP32); ONNX Runtime's
 # dynamic INT8; its static INT8 with its own MinMax calibration on the same calibration batches; and
 # four book recipes (MinMax, Gamma Migration, Gamma Migration + Token-Wise Clipping, and PEG with
-# # $K = 6$ groups and its permutation), each beside its own simulation. The toolkits' quantizers are limited
+# $K = 6$ groups and its permutation), each beside its own simulation. The toolkits' quantizers are limited
 # to the inputs of matrix products, the placement the book uses (left at its default, ONNX Runtime also
 # quantizes the addition that applies the attention mask, and the model falls to chance). The table the
 # chapter reads is the full run's (all four tasks, every dev example, 256 calibration examples, Token-Wise

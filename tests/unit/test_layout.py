@@ -51,6 +51,14 @@ def test_every_chapter_has_source_parameters_and_checked_cell():
         assert set(chapter.profiles) <= set(registry.PROFILES)
 
 
+def test_each_chapter_has_one_title_and_no_stray_heading():
+    """A markdown line that starts with ``# `` after the jupytext prefix renders as a first-level heading, even
+    mid-paragraph (an ATX heading interrupts a paragraph), so only the chapter's title may be one."""
+    for chapter in registry.CHAPTERS:
+        titles = [n for n, line in enumerate(chapter.source.read_text().splitlines(), 1) if line.startswith("# # ")]
+        assert len(titles) == 1, f"{chapter.id}: first-level headings on lines {titles}; only the title is one"
+
+
 def test_requirements_are_exact_pins():
     lines = [l.strip() for l in (ROOT / "requirements.txt").read_text().splitlines()
              if l.strip() and not l.startswith("#")]
