@@ -108,7 +108,8 @@ rec = Recorder("11_retrofit", profile, params=dict(
     freeze_encoder_steps=freeze_encoder_steps, lr=lr, warmup=warmup, gamma_ramp=gamma_ramp, eval_blocks=eval_blocks,
     calib_batches=calib_batches, ptq_seeds=ptq_seeds, act_estimators=act_estimators, seeds=seeds, pi_inits=pi_inits,
     pi_seeds=pi_seeds, track_quality=track_quality, tracked_examples=tracked_examples, task=task, task_steps=task_steps,
-    task_batch_size=task_batch_size, task_lr=task_lr, task_eval_limit=task_eval_limit, probe_sentences=probe_sentences, task_calib=task_calib, seed=seed))
+    task_batch_size=task_batch_size, task_lr=task_lr, task_eval_limit=task_eval_limit,
+    probe_sentences=probe_sentences, task_calib=task_calib, seed=seed))
 if not set(pi_seeds) <= set(seeds):
     raise ConfigError(f"pi_seeds {pi_seeds} must be among seeds {seeds}: QT-7 reads the control at the same seeds")
 progress = progress_enabled()
@@ -469,18 +470,7 @@ print(full_profile_verdicts("11_retrofit", profile))
 if stored11 is None:
     print("the full profile has not been run yet")
 else:
-    t = stored11["table"]
-    stored_pi, stored_control = rx.pi_init_table(t[t["experiment"] == "pi_init"].to_dict("records"),
-                                                 t[(t["experiment"] == "mlm") & (t["stage"] == "end")].to_dict("records"))
-    same = rules.robust_pi_inits(stored_pi.reset_index().to_dict("records"), stored_control)
-    qt7 = next(c for c in stored11["claims"] if c["id"] == "QT-7")
-    pi_seeds_stored = sorted(int(x) for x in t.loc[t["experiment"] == "pi_init", "seed"].dropna().unique())
-    compared = (f"every π_init and the control at seeds {qt7['ours']['training seeds']}" if "training seeds" in qt7["ours"]
-                else f"π_init runs at seeds {pi_seeds_stored}, the control averaged over seeds {stored11['run']['params']['seeds']}")
-    print(dumps({"stored verdict": qt7["holds"], "its comparison": compared,
-                 "same rows, matching seeds": {"π_init that pass": same,
-                                               "holds": outlier_precondition.gated(len(same) >= 2, {
-                                                   "vanilla control": rules.statistics(stored_control)})}}))
+    print(dumps(rx.stored_qt7_readings(stored11["table"], stored11["claims"], stored11["run"]["params"]["seeds"])))
 
 # %% [markdown]
 # ### What the full run says

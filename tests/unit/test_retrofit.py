@@ -137,6 +137,33 @@ def test_qt7_reads_every_pi_init_and_the_control_at_the_extra_runs_seeds():
         rx.pi_init_table(gates, ends[2:], metrics=["ppl_fp"])
 
 
+def test_a_stored_qt7_verdict_is_shown_beside_the_same_rows_read_at_matching_seeds():
+    """The chapter reads a stored run twice: its verdict as stored (and the comparison it used), and the same
+    rows at matching seeds. A run stored before matching seeds names its confounded comparison."""
+    import pandas as pd
+
+    def row(experiment, seed, ppl, norm, **more):
+        return {"experiment": experiment, "seed": seed, "ppl_fp": ppl, "max_inf_norm": norm, "avg_kurtosis": 5000.0,
+                "ppl_w8a8": ppl + 5, **more}
+
+    table = pd.DataFrame([row("mlm", 0, 125.0, 180.0, label="vanilla", stage="end"),
+                          row("mlm", 1, 109.0, 181.0, label="vanilla", stage="end"),
+                          row("mlm", 0, 123.0, 179.0, label="gated attention", stage="end"),
+                          row("mlm", 1, 111.0, 180.0, label="gated attention", stage="end"),
+                          row("mlm", 0, 130.0, 150.0, label="start", stage="start"),
+                          row("pi_init", 0, 123.0, 179.1, pi_init=0.25),
+                          row("pi_init", 0, 123.5, 179.2, pi_init=0.9)])
+    old = [{"id": "QT-7", "holds": False, "ours": {"π_init with lower inf-norm and FP ppl within 5 %": []}}]
+    read = rx.stored_qt7_readings(table, old, [0, 1])
+    assert read == {"stored verdict": False,
+                    "its comparison": "π_init runs at seeds [0], the control averaged over seeds [0, 1]",
+                    "same rows, matching seeds": {"π_init that pass": [0.25, 0.5, 0.9], "holds": True}}
+    new = [{"id": "QT-7", "holds": True, "ours": {"training seeds": [0]}}]
+    assert rx.stored_qt7_readings(table, new, [0, 1])["its comparison"] == "every π_init and the control at seeds [0]"
+    calm = table.assign(avg_kurtosis=3.8)  # a control without outliers: not testable, not "does not hold"
+    assert rx.stored_qt7_readings(calm, new, [0, 1])["same rows, matching seeds"]["holds"] is None
+
+
 def test_a_variant_needs_a_clipped_softmax_to_ramp_and_keys_of_plain_runs_do_not_move():
     from outlierbook.models.attention_variants import AttentionVariant
     from outlierbook.models.tasks import FinetuneConfig

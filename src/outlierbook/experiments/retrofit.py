@@ -406,3 +406,28 @@ def pi_init_table(gate_rows, end_rows, gated: str = "gated attention", control: 
     table = g.mean().join(g.std(ddof=1), rsuffix="_std")
     table["n_seeds"] = g.size()
     return table.sort_index(), ends[ends["label"] == control][list(metrics)].mean()
+
+
+def stored_qt7_readings(table, claims: list[dict], seeds) -> dict:
+    """A stored full run's QT-7 verdict beside the same stored rows read at matching seeds.
+
+    ``table`` is the run's stored rows (``experiment`` ``pi_init`` and ``mlm``), ``claims`` its stored claim
+    checks, ``seeds`` its ``seeds`` parameter. The stored verdict keeps the comparison its run used (named in
+    the result); the second reading applies :func:`pi_init_table` and QT-7's rule, under the *outliers present*
+    precondition, to the same rows. Nothing is recomputed from a model."""
+    from .. import outlier_precondition
+    from . import qt_rules
+
+    ends = table[(table["experiment"] == "mlm") & (table["stage"] == "end")].to_dict("records")
+    gates = table[table["experiment"] == "pi_init"]
+    pis, control = pi_init_table(gates.to_dict("records"), ends)
+    passing = qt_rules.robust_pi_inits(pis.reset_index().to_dict("records"), control)
+    qt7 = next(c for c in claims if c["id"] == "QT-7")
+    if "training seeds" in qt7["ours"]:
+        compared = f"every π_init and the control at seeds {qt7['ours']['training seeds']}"
+    else:
+        gate_seeds = sorted(int(x) for x in gates["seed"].dropna().unique())
+        compared = f"π_init runs at seeds {gate_seeds}, the control averaged over seeds {list(seeds)}"
+    holds = outlier_precondition.gated(len(passing) >= 2, {"vanilla control": qt_rules.statistics(control)})
+    return {"stored verdict": qt7["holds"], "its comparison": compared,
+            "same rows, matching seeds": {"π_init that pass": passing, "holds": holds}}
