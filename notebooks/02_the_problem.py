@@ -49,7 +49,7 @@ profile = "quick"
 model = "all-MiniLM-L6-v2"
 data_source = "local"
 tasks = ["stsb", "sst2", "mrpc", "rte"]
-eval_limit = 100
+eval_limit = 50
 n_calib = 64
 calib_seeds = [0]
 node_study_tasks = ["stsb"]
@@ -149,7 +149,7 @@ print(pd.DataFrame({t: [mean_pm_std(wide.loc[i, t], spread.loc[i, t]) for i in o
 # %% [markdown]
 # The paper's numbers beside ours, as **drops from FP32** (a 6-layer MiniLM and a 12-layer BERT
 # start from different FP32 scores, so the drop is the comparable quantity). The quick profile
-# uses 100 evaluation examples per task, 64 calibration examples and briefly fine-tuned heads (the
+# uses 50 evaluation examples per task, 64 calibration examples and briefly fine-tuned heads (the
 # MRPC and RTE heads are barely above the majority class after their quick budgets): its drops are
 # shown but not judged. The full profile uses every dev example, 256 calibration examples and the
 # mean of five calibration subsets.

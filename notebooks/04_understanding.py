@@ -34,7 +34,7 @@
 # problematic tasks, STS-B and RTE, are. Calibration applies each quantizer's range to FP
 # activations (the authors' code calibrates with the upstream quantizers switched on); the 2-D MSE
 # grid is a 1-D search of a shrink factor (chapter 1). AdaRound is not implemented. The quick profile
-# uses one seed, 100 evaluation examples per task, STS-B alone for Tables 2, 4 and 5, and 20 QAT
+# uses one seed, 100 evaluation examples per task, STS-B alone for Tables 2, 4 and 5, and 10 QAT
 # steps: its numbers are not comparable with the paper's.
 
 # %% tags=["parameters"]
@@ -50,7 +50,7 @@ act_settings = [["current_minmax", 1, 1]]
 perm_examples = 64
 qat_tasks = ["sst2", "stsb"]
 lowbit_tasks = ["sst2"]
-qat_steps = 20
+qat_steps = 10
 qat_batch_size = 16
 qat_lr = 2e-5
 seed = 0
